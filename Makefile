@@ -1,0 +1,44 @@
+# Set-up and entry commands. `make test` and `make demo` work on a fresh machine: they create the
+# virtual environments, install the pinned requirements, then run.
+SHELL := /bin/bash
+PY312 ?= $(shell command -v python3.12 2>/dev/null || ls -d /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n1)
+PY311 ?= $(shell ls -d /root/.pyenv/versions/3.11*/bin/python3.11 2>/dev/null | tail -n1 || command -v python3.11)
+VENV := .venv
+VENV_REF := .venv-ref
+PYTHON := $(VENV)/bin/python
+export JAX_PLATFORMS ?= cpu
+PYTEST_ARGS ?=
+
+.PHONY: install install-ref test test-all demo bench clean
+
+$(VENV)/.installed: requirements.txt requirements-data.txt pyproject.toml
+	@test -n "$(PY312)" || { echo "python3.12 not found (set PY312=/path/to/python3.12)"; exit 1; }
+	test -x $(PYTHON) || $(PY312) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps -r requirements-data.txt
+	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV_REF)/.installed: requirements-ref.txt
+	@test -n "$(PY311)" || { echo "python3.11 not found (set PY311=/path/to/python3.11)"; exit 1; }
+	test -x $(VENV_REF)/bin/python || $(PY311) -m venv $(VENV_REF)
+	$(VENV_REF)/bin/python -m pip install -q -r requirements-ref.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-ref: $(VENV_REF)/.installed
+
+# Fast suite (CI): everything but tests marked slow, on CPU with a fake 8-device mesh.
+test: install install-ref
+	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Everything, slow tests included: run before resolving an issue.
+test-all: install install-ref
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(PYTHON) launch/demo.py --workdir=$${WORKDIR:-workdir/demo}
+
+clean:
+	rm -rf $(VENV) $(VENV_REF) workdir

@@ -1,0 +1,57 @@
+"""Grouped-query attention for packed sequences, with selectable implementations.
+
+Every implementation computes softmax(q k^T / sqrt(Dh) + mask) v where a query attends to a key iff
+both have the same segment id and the key's index is not after the query's. Segment id 0 is
+padding by convention; it only attends to other padding, so no row is ever fully masked.
+
+- "xla":    the reference: einsums and a dense mask, softmax in float32.
+- "cudnn":  `jax.nn.dot_product_attention` (cuDNN flash attention on NVIDIA GPUs, XLA elsewhere).
+- "splash": TPU splash attention through Pallas (`seedcoder_jax.model.splash`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def make_mask(q_segment_ids_BT, kv_segment_ids_BS, q_index_BT, kv_index_BS):
+  """Boolean [B, 1, T, S] mask: same segment and causal (key index <= query index)."""
+  same_segment = q_segment_ids_BT[:, :, None] == kv_segment_ids_BS[:, None, :]
+  causal = kv_index_BS[:, None, :] <= q_index_BT[:, :, None]
+  return (same_segment & causal)[:, None, :, :]
+
+
+def xla_attention(q_BTHD, k_BSKD, v_BSKD, mask_B1TS):
+  """Reference attention; operands in their dtype, scores and softmax in float32."""
+  b, t, h, d = q_BTHD.shape
+  n_kv = k_BSKD.shape[2]
+  q_BTKGD = q_BTHD.reshape(b, t, n_kv, h // n_kv, d)
+  scores_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD,
+                            preferred_element_type=jnp.float32) * (d ** -0.5)
+  scores_BKGTS = jnp.where(mask_B1TS[:, :, None], scores_BKGTS, jnp.finfo(jnp.float32).min)
+  probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
+  out_BTKGD = jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS.astype(v_BSKD.dtype), v_BSKD,
+                         preferred_element_type=jnp.float32)
+  return out_BTKGD.reshape(b, t, h, d).astype(q_BTHD.dtype)
+
+
+def cudnn_attention(q_BTHD, k_BSKD, v_BSKD, mask_B1TS):
+  """`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU, XLA's composite elsewhere."""
+  on_gpu = jax.default_backend() == "gpu"
+  return jax.nn.dot_product_attention(
+      q_BTHD, k_BSKD, v_BSKD, mask=mask_B1TS, implementation="cudnn" if on_gpu else None)
+
+
+def attention(q_BTHD, k_BSKD, v_BSKD, *, q_segment_ids_BT, kv_segment_ids_BS, q_index_BT,
+              kv_index_BS, impl: str = "xla"):
+  """Dispatches to the configured implementation; all take and return [B, T, H, Dh]."""
+  if impl == "splash":
+    from seedcoder_jax.model import splash  # Pallas import only when asked for.
+    return splash.splash_attention(q_BTHD, k_BSKD, v_BSKD, q_segment_ids_BT, kv_segment_ids_BS)
+  mask_B1TS = make_mask(q_segment_ids_BT, kv_segment_ids_BS, q_index_BT, kv_index_BS)
+  if impl == "xla":
+    return xla_attention(q_BTHD, k_BSKD, v_BSKD, mask_B1TS)
+  if impl == "cudnn":
+    return cudnn_attention(q_BTHD, k_BSKD, v_BSKD, mask_B1TS)
+  raise ValueError(f"unknown attention implementation {impl!r}")

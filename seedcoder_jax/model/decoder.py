@@ -1,0 +1,174 @@
+"""The Llama-style decoder in Flax linen: one readable file.
+
+Shapes in names: B batch, T sequence, D d_model, H query heads, K kv heads, Dh head_dim, F d_ff,
+V vocab, L layers. Parameters are float32; matmul operands are cast to `cfg.compute_dtype` and
+accumulate in float32; the residual stream, norms, softmax and logits stay float32.
+
+Every parameter carries logical axis names (see `seedcoder_jax.sharding.LOGICAL_RULES`).
+Parameter tree (scanned layers stack a leading `layers` axis under "layers"; unscanned ones are
+"layers_0", "layers_1", ... without it):
+
+  embed/embedding [V, D]                        ("vocab", "embed")
+  layers/attn_norm/scale [L, D]                 ("layers", "embed")
+  layers/attn/{q,k,v}_proj/kernel [L, D, H|K, Dh]  ("layers", "embed", "q_heads"|"kv_heads", "head_dim")
+  layers/attn/o_proj/kernel [L, H, Dh, D]       ("layers", "q_heads", "head_dim", "embed")
+  layers/mlp_norm/scale [L, D]
+  layers/mlp/{gate,up}_proj/kernel [L, D, F]    ("layers", "embed", "mlp")
+  layers/mlp/down_proj/kernel [L, F, D]         ("layers", "mlp", "embed")
+  final_norm/scale [D]
+  lm_head/kernel [D, V]                         ("embed", "vocab"); absent with tied embeddings
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seedcoder_jax.model import attention as attention_lib
+from seedcoder_jax.model import rope
+from seedcoder_jax.model.config import ModelConfig
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _dtype(name: str):
+  return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+
+
+class DenseGeneral(nn.Module):
+  """A bias-free projection: einsum of x with a float32 kernel cast to the compute dtype."""
+
+  shape: Sequence[int]
+  axes: Sequence[str]
+  equation: str
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.normal(stddev=self.cfg.init_std)
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.axes)),
+                        tuple(self.shape), jnp.float32)
+    dtype = _dtype(self.cfg.compute_dtype)
+    return jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class Embed(nn.Module):
+  """The token embedding table [V, D]; the forward gathers rows, a tied head reuses it."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self):
+    init = nn.with_logical_partitioning(nn.initializers.normal(self.cfg.init_std), ("vocab", "embed"))
+    return self.param("embedding", init, (self.cfg.vocab_size, self.cfg.d_model), jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  eps: float
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                         (x_BTD.shape[-1],), jnp.float32)
+    x = x_BTD.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps) * scale_D
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT):
+    c = self.cfg
+    d, h, k, dh = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
+    q_BTHD = DenseGeneral((d, h, dh), ("embed", "q_heads", "head_dim"), "btd,dhk->bthk", c,
+                          name="q_proj")(x_BTD)
+    k_BTKD = DenseGeneral((d, k, dh), ("embed", "kv_heads", "head_dim"), "btd,dhk->bthk", c,
+                          name="k_proj")(x_BTD)
+    v_BTKD = DenseGeneral((d, k, dh), ("embed", "kv_heads", "head_dim"), "btd,dhk->bthk", c,
+                          name="v_proj")(x_BTD)
+    inv_freq = rope.inverse_frequencies(dh, c.rope_theta, c.rope_scaling)
+    dtype = _dtype(c.compute_dtype)
+    q_BTHD = rope.apply_rope(q_BTHD, positions_BT, inv_freq).astype(dtype)
+    k_BTKD = rope.apply_rope(k_BTKD, positions_BT, inv_freq).astype(dtype)
+    v_BTKD = v_BTKD.astype(dtype)
+    q_BTHD = nn.with_logical_constraint(q_BTHD, ("batch", "length", "q_heads", "head_dim"))
+    k_BTKD = nn.with_logical_constraint(k_BTKD, ("batch", "length", "kv_heads", "head_dim"))
+    v_BTKD = nn.with_logical_constraint(v_BTKD, ("batch", "length", "kv_heads", "head_dim"))
+    out_BTHD = attention_lib.attention(
+        q_BTHD, k_BTKD, v_BTKD, q_segment_ids_BT=segment_ids_BT, kv_segment_ids_BS=segment_ids_BT,
+        q_index_BT=index_BT, kv_index_BS=index_BT, impl=c.attention_impl)
+    out_BTHD = nn.with_logical_constraint(out_BTHD, ("batch", "length", "q_heads", "head_dim"))
+    return DenseGeneral((h, dh, d), ("q_heads", "head_dim", "embed"), "bthk,hkd->btd", c,
+                        name="o_proj")(out_BTHD)
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    c = self.cfg
+    gate_BTF = DenseGeneral((c.d_model, c.d_ff), ("embed", "mlp"), "btd,df->btf", c,
+                            name="gate_proj")(x_BTD)
+    up_BTF = DenseGeneral((c.d_model, c.d_ff), ("embed", "mlp"), "btd,df->btf", c,
+                          name="up_proj")(x_BTD)
+    hidden_BTF = nn.with_logical_constraint(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "length", "mlp"))
+    return DenseGeneral((c.d_ff, c.d_model), ("mlp", "embed"), "btf,fd->btd", c,
+                        name="down_proj")(hidden_BTF)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block; the signature fits `nn.scan` (carry, *broadcast) -> (carry, None)."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT):
+    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+    h_BTD = RMSNorm(self.cfg.rms_norm_eps, name="attn_norm")(x_BTD)
+    x_BTD = x_BTD + Attention(self.cfg, name="attn")(h_BTD, segment_ids_BT, positions_BT, index_BT)
+    h_BTD = RMSNorm(self.cfg.rms_norm_eps, name="mlp_norm")(x_BTD)
+    x_BTD = x_BTD + MLP(self.cfg, name="mlp")(h_BTD)
+    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), None
+
+
+class Decoder(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BT, segment_ids_BT, positions_BT):
+    c = self.cfg
+    embed_VD = Embed(c, name="embed")()
+    x_BTD = jnp.take(embed_VD, tokens_BT, axis=0)
+    index_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+
+    block = Block
+    if c.remat != "none":
+      block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+    if c.scan_layers:
+      layers = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.n_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
+      x_BTD, _ = layers(x_BTD, segment_ids_BT, positions_BT, index_BT)
+    else:
+      for i in range(c.n_layers):
+        x_BTD, _ = block(c, name=f"layers_{i}")(x_BTD, segment_ids_BT, positions_BT, index_BT)
+
+    x_BTD = RMSNorm(c.rms_norm_eps, name="final_norm")(x_BTD)
+    if c.tie_embeddings:
+      dtype = _dtype(c.compute_dtype)
+      logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(dtype), embed_VD.astype(dtype),
+                              preferred_element_type=jnp.float32)
+    else:
+      logits_BTV = DenseGeneral((c.d_model, c.vocab_size), ("embed", "vocab"), "btd,dv->btv", c,
+                                name="lm_head")(x_BTD)
+    return nn.with_logical_constraint(logits_BTV, ("batch", "length", "vocab"))

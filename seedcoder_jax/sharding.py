@@ -1,0 +1,161 @@
+"""Device mesh, logical-axis rules, sharded initialisation and batch placement.
+
+Parameters and key activations carry logical axis names (see model/decoder.py); LOGICAL_RULES
+maps them onto the mesh axes `data`, `fsdp` and `tensor`:
+  - data:   pure data parallelism (parameters replicated);
+  - fsdp:   data parallelism with parameters and optimizer state sharded over their `embed` dim;
+  - tensor: Megatron-style tensor parallelism over heads, MLP hidden units and the vocabulary.
+A logical name whose mesh axis is already used by an earlier dimension stays unsharded (Flax's
+rule), so activations [batch, length, embed] shard batch over (data, fsdp) and leave embed whole.
+The mesh states its axis types (Auto) so jit's in/out-shardings recipe works on JAX >= 0.10.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from seedcoder_jax import model as model_lib
+from seedcoder_jax.model.config import ModelConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+)
+
+
+class MeshError(ValueError):
+  """A mesh or batch that cannot work with the devices or the model; the message names the numbers."""
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, int]:
+  """Fills at most one -1 entry with the remaining devices; checks the product."""
+  unknown = [k for k in MESH_AXES if k not in shape]
+  extra = [k for k in shape if k not in MESH_AXES]
+  if extra:
+    raise MeshError(f"unknown mesh axes {extra}; the mesh axes are {MESH_AXES}")
+  sizes = {k: int(shape.get(k, 1)) for k in MESH_AXES}
+  del unknown
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1:
+    raise MeshError(f"at most one mesh axis may be -1, got {free} in {dict(shape)}")
+  if any(v == 0 or v < -1 for v in sizes.values()):
+    raise MeshError(f"mesh axis sizes must be positive or -1, got {dict(shape)}")
+  known = math.prod(v for v in sizes.values() if v != -1)
+  if free:
+    if n_devices % known:
+      raise MeshError(f"mesh {dict(shape)}: the fixed axes' product {known} does not divide the "
+                      f"{n_devices} devices")
+    sizes[free[0]] = n_devices // known
+  if math.prod(sizes.values()) != n_devices:
+    raise MeshError(f"mesh {sizes} has {math.prod(sizes.values())} devices but {n_devices} are "
+                    f"available")
+  return sizes
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over all (or the given) devices, axes (data, fsdp, tensor), all of type Auto."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = resolve_mesh_shape(shape, len(devices))
+  axis_shapes = tuple(sizes[k] for k in MESH_AXES)
+  if devices == list(jax.devices()):
+    return jax.make_mesh(axis_shapes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(np.asarray(devices).reshape(axis_shapes), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules=LOGICAL_RULES):
+  """Enters the mesh and the logical-axis rules, so the model's activation constraints apply."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def logical_to_sharding(logical_tree, mesh: Mesh, rules=LOGICAL_RULES):
+  """A tree of logical PartitionSpecs -> NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_tree, mesh, rules)
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=LOGICAL_RULES):
+  return logical_to_sharding(model_lib.logical_axes(cfg), mesh, rules)
+
+
+def check_params_fit(cfg: ModelConfig, mesh: Mesh, rules=LOGICAL_RULES) -> None:
+  """Raises MeshError naming each parameter dimension that its mesh axes do not divide."""
+  shapes = model_lib.abstract_params(cfg)
+  shardings = param_shardings(cfg, mesh, rules)
+  problems = []
+  for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(shapes),
+                                    jax.tree.leaves(shardings)):
+    for dim, (size, axes) in enumerate(zip(leaf.shape, sharding.spec)):
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else axes
+      n = math.prod(mesh.shape[a] for a in axes)
+      if size % n:
+        problems.append(f"{jax.tree_util.keystr(path)} dim {dim} of size {size} over mesh axes "
+                        f"{axes} of {n} devices")
+  if problems:
+    hint = (f" (n_heads={cfg.n_heads}, n_kv_heads={cfg.n_kv_heads}, d_ff={cfg.d_ff}, "
+            f"vocab_size={cfg.vocab_size}, d_model={cfg.d_model}; mesh {dict(mesh.shape)})")
+    raise MeshError("parameters do not divide evenly over the mesh: " + "; ".join(problems) + hint)
+
+
+def check_batch_fits(global_batch_size: int, mesh: Mesh) -> None:
+  n = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  if global_batch_size % n:
+    raise MeshError(f"global batch size {global_batch_size} is not divisible by data*fsdp = "
+                    f"{mesh.shape['data']}*{mesh.shape['fsdp']} = {n}")
+
+
+def init_sharded(cfg: ModelConfig, mesh: Mesh, seed: int = 0, rules=LOGICAL_RULES):
+  """Initialises parameters directly into their shards: eval_shape -> shardings -> jit(out_shardings)."""
+  check_params_fit(cfg, mesh, rules)
+  shardings = param_shardings(cfg, mesh, rules)
+  init = jax.jit(lambda: model_lib.init_params(cfg, seed), out_shardings=shardings)
+  with activate(mesh, rules):
+    return init()
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading (batch) dim over (data, fsdp), the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def place_batch(local_batch, mesh: Mesh):
+  """Builds global arrays from each process's local rows (multi-host safe)."""
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+  return jax.tree.map(place, local_batch)
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls jax.distributed.initialize() on multi-process launches; returns whether it did.
+
+  Cloud TPU pod slices (several worker hostnames), Slurm jobs with more than one task, and explicit
+  coordinator settings (JAX_COORDINATOR_ADDRESS) are multi-process; a single host is not.
+  """
+  tpu_hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+  multi = (len(tpu_hosts) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+           or "JAX_COORDINATOR_ADDRESS" in os.environ)
+  if multi and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+  return multi
