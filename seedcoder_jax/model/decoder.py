@@ -147,7 +147,9 @@ class Decoder(nn.Module):
   def __call__(self, tokens_BT, segment_ids_BT, positions_BT):
     c = self.cfg
     embed_VD = Embed(c, name="embed")()
-    x_BTD = jnp.take(embed_VD, tokens_BT, axis=0)
+    # Gather from a table whose d_model dim is whole: otherwise the gradient's scatter-add needs
+    # the batch-sharded cotangent resharded over d_model, which XLA does by full replication.
+    x_BTD = jnp.take(nn.with_logical_constraint(embed_VD, ("vocab", None)), tokens_BT, axis=0)
     index_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
 
     block = Block

@@ -1,0 +1,128 @@
+"""The pure train step and its shardings.
+
+A batch is a dict of [B, T] arrays: `inputs` (token ids), `targets` (next tokens), `segment_ids`
+(packed documents, 0 = padding), `positions` (RoPE positions) and `weights` (1 where the loss
+counts). The step is a pure function (state, batch) -> (state, metrics), jitted once with explicit
+shardings and the state donated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from seedcoder_jax import model as model_lib
+from seedcoder_jax import sharding as sharding_lib
+from seedcoder_jax.model.config import ModelConfig
+from seedcoder_jax.train import losses
+
+BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def init_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: int = 0) -> TrainState:
+  params = model_lib.init_params(cfg, seed)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def abstract_state(cfg: ModelConfig, optimizer: optax.GradientTransformation) -> TrainState:
+  """ShapeDtypeStructs of the whole train state: nothing is allocated."""
+  return jax.eval_shape(lambda: init_state(cfg, optimizer))
+
+
+def state_shardings(cfg: ModelConfig, optimizer, mesh, rules=sharding_lib.LOGICAL_RULES) -> TrainState:
+  """Optimizer moments shard like their parameters; counters and scalars are replicated."""
+  params = sharding_lib.param_shardings(cfg, mesh, rules)
+  replicated = NamedSharding(mesh, P())
+  abstract = abstract_state(cfg, optimizer)
+  opt_state = optax.tree_map_params(
+      optimizer, lambda _, s: s, abstract.opt_state, params,
+      transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=params, opt_state=opt_state)
+
+
+def init_sharded_state(cfg: ModelConfig, optimizer, mesh, seed: int = 0,
+                       rules=sharding_lib.LOGICAL_RULES) -> TrainState:
+  """eval_shape -> shardings -> jit(out_shardings): every shard is created where it lives."""
+  sharding_lib.check_params_fit(cfg, mesh, rules)
+  out = state_shardings(cfg, optimizer, mesh, rules)
+  with sharding_lib.activate(mesh, rules):
+    return jax.jit(lambda: init_state(cfg, optimizer, seed), out_shardings=out)()
+
+
+def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, state: TrainState, batch,
+               *, z_loss: float = 0.0, grad_accum_steps: int = 1):
+  """One optimizer update; with accumulation, the batch is split into equal microbatches.
+
+  Gradients of the microbatches are weighted by their token counts, so the update equals that of
+  the whole batch at once.
+  """
+  grad_fn = jax.grad(lambda p, b: loss_sums(cfg, p, b, z_loss), has_aux=True)
+  if grad_accum_steps == 1:
+    grads, aux = grad_fn(state.params, batch)
+  else:
+    # Keep each microbatch spread over the batch axes (not the accumulation axis).
+    micro = jax.tree.map(lambda x: nn.with_logical_constraint(
+        x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
+        (None, "batch", "length")), batch)
+
+    def body(carry, mb):
+      g, a = grad_fn(state.params, mb)
+      return jax.tree.map(jnp.add, carry, (g, a)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, (state.params, {"nll_sum": 0.0, "z_sum": 0.0, "tokens": 0.0}))
+    (grads, aux), _ = jax.lax.scan(body, zeros, micro)
+  n = jnp.maximum(aux["tokens"], 1.0)
+  grads = jax.tree.map(lambda g: g / n, grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": aux["nll_sum"] / n,
+      "z_loss": aux["z_sum"] / n,
+      "tokens": aux["tokens"],
+      "grad_norm": optax.global_norm(grads),
+      "param_norm": optax.global_norm(params),
+  }
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def loss_sums(cfg: ModelConfig, params, batch, z_loss: float = 0.0):
+  """(summed loss incl. z-loss, aux sums) of one (micro)batch; divide by the token count once."""
+  logits_BTV = model_lib.forward(cfg, params, batch["inputs"], segment_ids=batch["segment_ids"],
+                                 positions=batch["positions"])
+  nll, z, n = losses.cross_entropy(logits_BTV, batch["targets"], batch["weights"], z_loss=z_loss)
+  return nll + z, {"nll_sum": nll, "z_sum": z, "tokens": n}
+
+
+def abstract_batch(batch_size: int, seq_len: int):
+  dtypes = {"weights": jnp.float32}
+  return {k: jax.ShapeDtypeStruct((batch_size, seq_len), dtypes.get(k, jnp.int32)) for k in BATCH_KEYS}
+
+
+def jit_train_step(cfg: ModelConfig, optimizer, mesh, *, z_loss: float = 0.0, grad_accum_steps: int = 1,
+                   rules=sharding_lib.LOGICAL_RULES):
+  """The train step jitted with explicit in/out shardings and the state donated.
+
+  Call it (and lower/compile it) inside `sharding.activate(mesh)` so activation constraints apply.
+  """
+  state_sh = state_shardings(cfg, optimizer, mesh, rules)
+  batch_sh = {k: sharding_lib.batch_sharding(mesh) for k in BATCH_KEYS}
+  replicated = NamedSharding(mesh, P())
+
+  def step(state, batch):
+    return train_step(cfg, optimizer, state, batch, z_loss=z_loss, grad_accum_steps=grad_accum_steps)
+
+  return jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                 donate_argnums=(0,))
