@@ -92,8 +92,8 @@ def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, state:
       "loss": aux["nll_sum"] / n,
       "z_loss": aux["z_sum"] / n,
       "tokens": aux["tokens"],
-      "grad_norm": optax.global_norm(grads),
-      "param_norm": optax.global_norm(params),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
   }
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
