@@ -1,0 +1,74 @@
+"""Throughput accounting: peak matmul FLOP/s measured in-process, MFU, machine description.
+
+MFU here is model FLOPs (ModelConfig.flops_per_token: 6N plus causal attention, no remat
+recomputation) per second over the peak of a large jitted matmul in the compute dtype, measured
+on the same devices in the same process. On accelerators with a published peak, pass it instead.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Published dense peaks per chip (bf16), FLOP/s, for MFU on known accelerators.
+PUBLISHED_PEAK_BF16 = {
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+
+def time_fn(fn, *args, warmup: int = 2, iters: int = 5) -> float:
+  """Median seconds of fn(*args) with results blocked on; compilation excluded by warm-up."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return sorted(times)[len(times) // 2]
+
+
+def measured_matmul_peak(dtype: str = "float32", n: int = 2048) -> float:
+  """FLOP/s of a jitted n x n matmul on the default device (fp32 accumulation)."""
+  dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+  a = jnp.ones((n, n), dt)
+  b = jnp.ones((n, n), dt)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  return 2 * n ** 3 / time_fn(f, a, b, iters=7)
+
+
+def peak_flops(dtype: str = "float32") -> tuple[float, str]:
+  """(peak FLOP/s of all local devices, where it came from)."""
+  dev = jax.devices()[0]
+  published = PUBLISHED_PEAK_BF16.get(dev.device_kind)
+  if published is not None and dtype == "bfloat16":
+    return published * jax.local_device_count(), f"published bf16 peak of {dev.device_kind}"
+  n = 4096 if dev.platform != "cpu" else 2048
+  # Fake CPU devices share the same cores, so one device's measurement is the machine's peak.
+  count = 1 if dev.platform == "cpu" else jax.local_device_count()
+  return measured_matmul_peak(dtype, n) * count, f"measured {n}x{n} {dtype} matmul"
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:
+  return flops_per_token * tokens_per_s / peak
+
+
+def machine() -> dict:
+  dev = jax.devices()[0]
+  return {
+      "platform": dev.platform,
+      "device_kind": dev.device_kind,
+      "device_count": jax.device_count(),
+      "cpu_count": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "jax": jax.__version__,
+  }
