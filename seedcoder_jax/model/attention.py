@@ -36,17 +36,41 @@ def xla_attention(q_BTHD, k_BSKD, v_BSKD, mask_B1TS):
   return out_BTKGD.reshape(b, t, h, d).astype(q_BTHD.dtype)
 
 
+# cuDNN's fused attention (jax/_src/cudnn/fused_attention_stablehlo.py, check_layout) accepts
+# only these operand dtypes; float32 raises there, deep inside tracing.
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
 def cudnn_attention(q_BTHD, k_BSKD, v_BSKD, mask_B1TS):
-  """`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU, XLA's composite elsewhere."""
+  """`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU, XLA's composite elsewhere.
+
+  Packed sequences: the public API has no segment ids (cuDNN's packed "THD" layout with per-segment
+  offsets is only reachable through private JAX modules), and `query_seq_lengths` describes one
+  document per row. So the dense boolean mask (same segment and causal, [B, 1, T, S], broadcast
+  over heads) is passed; JAX turns it into an additive bias for cuDNN. `is_causal=True` is added
+  for self-attention (T == S) so cuDNN skips the tiles above the diagonal; the mask already
+  contains causality, so the two agree. GQA (K < H kv heads) is passed through natively.
+
+  On GPU the operands must be bfloat16 or float16 in [B, T, H, Dh] layout, Dh a multiple of 8 and
+  at most 128 (256 on Hopper); the bias costs B*T*S bf16 per layer, saved for the backward pass
+  unless the layer is rematerialised. Elsewhere (CPU, TPU) the same call runs XLA's composite.
+  """
   on_gpu = jax.default_backend() == "gpu"
+  if on_gpu and q_BTHD.dtype not in CUDNN_DTYPES:
+    raise ValueError(f"cuDNN attention needs bfloat16 or float16 operands, got {q_BTHD.dtype}; set "
+                     f"compute_dtype='bfloat16' or attention_impl='xla'")
+  self_attention = q_BTHD.shape[1] == k_BSKD.shape[1]
   return jax.nn.dot_product_attention(
-      q_BTHD, k_BSKD, v_BSKD, mask=mask_B1TS, implementation="cudnn" if on_gpu else None)
+      q_BTHD, k_BSKD, v_BSKD, mask=mask_B1TS, is_causal=self_attention,
+      implementation="cudnn" if on_gpu else None)
 
 
 def attention(q_BTHD, k_BSKD, v_BSKD, *, q_segment_ids_BT, kv_segment_ids_BS, q_index_BT,
               kv_index_BS, impl: str = "xla"):
   """Dispatches to the configured implementation; all take and return [B, T, H, Dh]."""
   if impl == "splash":
+    # The kernel's causal mask is positional (key position <= query position), so it takes no
+    # indices: it is for self-attention over whole rows, indices 0..T-1, as the decoder passes.
     from seedcoder_jax.model import splash  # Pallas import only when asked for.
     return splash.splash_attention(q_BTHD, k_BSKD, v_BSKD, q_segment_ids_BT, kv_segment_ids_BS)
   mask_B1TS = make_mask(q_segment_ids_BT, kv_segment_ids_BS, q_index_BT, kv_index_BS)
