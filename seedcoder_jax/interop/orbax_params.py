@@ -10,7 +10,6 @@ weights only, e.g. the output of `launch/convert.py --to=orbax`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
@@ -20,26 +19,10 @@ import orbax.checkpoint as ocp
 
 from seedcoder_jax import model as model_lib
 from seedcoder_jax import sharding as sharding_lib
-from seedcoder_jax.model.config import ModelConfig, RopeScaling
+from seedcoder_jax.model.config import ModelConfig
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
-
-
-def config_to_dict(cfg: ModelConfig) -> dict:
-  return dataclasses.asdict(cfg)
-
-
-def config_from_dict(fields: dict) -> ModelConfig:
-  """Inverse of config_to_dict; unknown keys are an error naming them."""
-  known = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    raise ValueError(f"{MODEL_CONFIG_FILE}: unknown ModelConfig fields {unknown}")
-  fields = dict(fields)
-  if fields.get("rope_scaling") is not None:
-    fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
-  return ModelConfig(**fields)
 
 
 def save(directory, cfg: ModelConfig, params, *, overwrite: bool = False) -> None:
@@ -50,7 +33,7 @@ def save(directory, cfg: ModelConfig, params, *, overwrite: bool = False) -> Non
   checkpointer.save(directory / PARAMS_DIR, params, force=overwrite)
   checkpointer.wait_until_finished()
   if jax.process_index() == 0:
-    text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
     (directory / MODEL_CONFIG_FILE).write_text(text)
 
 
@@ -62,7 +45,7 @@ def load(directory, *, mesh=None, dtype=None):
   if not config_path.exists():
     raise FileNotFoundError(f"{config_path} does not exist (not a params checkpoint written by "
                             f"seedcoder_jax.interop.orbax_params.save)")
-  cfg = config_from_dict(json.loads(config_path.read_text()))
+  cfg = ModelConfig.from_dict(json.loads(config_path.read_text()), where=str(config_path))
   abstract = model_lib.abstract_params(cfg)
   if mesh is not None:
     sharding_lib.check_params_fit(cfg, mesh)

@@ -54,8 +54,12 @@ def logical_axes(cfg: ModelConfig):
 
 
 def init_params(cfg: ModelConfig, seed: int = 0):
-  """Unsharded float32 parameters (small models and tests; use sharding.init_sharded at scale)."""
-  return nn.unbox(_boxed_init(cfg, jax.random.key(seed)))
+  """Float32 parameters on the default device (use sharding.init_sharded at scale).
+
+  Jitted: linen's eager init dispatches hundreds of small ops and is slow on CPU. Inside another
+  jit (sharded init) this simply inlines.
+  """
+  return jax.jit(lambda: nn.unbox(_boxed_init(cfg, jax.random.key(seed))))()
 
 
 def unstack_layers(params, n_layers: int):

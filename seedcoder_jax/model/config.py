@@ -69,6 +69,22 @@ class ModelConfig:
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
 
+  def to_dict(self) -> dict:
+    """Every field, JSON-ready (rope_scaling as a nested dict or None)."""
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, fields: dict, where: str = "model config") -> "ModelConfig":
+    """Inverse of to_dict; unknown keys are an error naming them and `where` they came from."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise ValueError(f"{where}: unknown ModelConfig fields {unknown}; known: {sorted(known)}")
+    fields = dict(fields)
+    if fields.get("rope_scaling") is not None:
+      fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+    return cls(**fields)
+
   @property
   def n_params(self) -> int:
     """Number of parameters (embedding and head included)."""
