@@ -38,7 +38,7 @@ test-all: install install-ref
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(PYTHON) launch/demo.py --workdir=$${WORKDIR:-workdir/demo}
+	$(PYTHON) launch/recipe.py --config=configs/recipe.py:tiny --workdir=$${WORKDIR:-workdir/demo}
 
 clean:
 	rm -rf $(VENV) $(VENV_REF) workdir

@@ -1,0 +1,24 @@
+"""Runs every stage of the recipe in order, skipping stages whose outputs exist.
+
+  python launch/recipe.py --config=configs/recipe.py:tiny --workdir=workdir/demo
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from seedcoder_jax import recipe
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/recipe.py:tiny", "recipe config")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where every stage writes its outputs", required=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  c = _CONFIG.value
+  options = {name: c[name].to_dict() for name in c.stages if name in c}
+  recipe.run(list(c.stages), options, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
