@@ -8,7 +8,7 @@ Variants:
 
 import ml_collections
 
-PYTHON_PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
+PYTHON_PROMPT = '# Python\ndef fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
