@@ -1,0 +1,168 @@
+"""AOT compilation for TPU topologies (seedcoder_jax/aot.py, launch/aot_compile.py).
+
+The parsing and config tests need nothing; the compile tests need libtpu (optional:
+requirements-tpu.txt) and run the tool in a subprocess, because this test process has already
+imported JAX with 8 fake CPU devices and the tool sets its own environment before importing JAX.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from seedcoder_jax import aot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "launch", "aot_compile.py")
+
+
+@pytest.mark.parametrize("name, libtpu, chips", [
+    ("v5p-8", "v5p:2x2x1", 4),
+    ("v5p-128", "v5p:4x4x4", 64),
+    ("v5p-256", "v5p:4x4x8", 128),
+    ("v5p-1024", "v5p:8x8x8", 512),
+    ("v6e-256", "v6e:16x16", 256),
+    ("v6e-8", "v6e:2x4", 8),
+    ("v5e-1", "v5e:1x1", 1),
+    ("v5litepod-16", "v5e:4x4", 16),
+    ("v5p:4x4x12", "v5p:4x4x12", 192),
+    ("v6e=8x16", "v6e:8x16", 128),
+])
+def test_parse_topology(name, libtpu, chips):
+  topo = aot.parse_topology(name)
+  assert (topo.libtpu_string, topo.n_chips) == (libtpu, chips)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v5p-7", "multiple of 2"),
+    ("v5p-96", "no standard"),
+    ("v9x-8", "unknown TPU generation"),
+    ("tpu", "cannot parse"),
+    ("v5e:2x2x2", "2 positive dims"),
+    ("v4-32", "megacore"),
+    ("v4:2x2x2", "megacore"),
+])
+def test_parse_topology_errors(name, message):
+  with pytest.raises(aot.AotError, match=message):
+    aot.parse_topology(name)
+
+
+def test_hbm_table():
+  assert aot.parse_topology("v5p-128").hbm_bytes_per_chip == 95 * aot.GIB
+  assert aot.parse_topology("v6e-256").hbm_bytes_per_chip == 32 * aot.GIB
+  assert aot.parse_topology("v5e-8").hbm_bytes_per_chip == 16 * aot.GIB
+
+
+def test_parse_mesh():
+  assert aot.parse_mesh("fsdp:-1,tensor:4") == {"fsdp": -1, "tensor": 4}
+  assert aot.parse_mesh(" data:2 , fsdp:-1 ") == {"data": 2, "fsdp": -1}
+  with pytest.raises(aot.AotError, match="AXIS:SIZE"):
+    aot.parse_mesh("fsdp=4")
+
+
+def test_build_spec_defaults_and_precedence(tmp_path):
+  spec = aot.build_spec()
+  assert spec.preset == "seed_coder_8b" and spec.seq_len == 8192 and spec.batch_size is None
+  assert (spec.model.remat, spec.model.compute_dtype) == ("full", "bfloat16")
+  assert dict(spec.mesh) == {"fsdp": -1}
+
+  config = tmp_path / "pretrain.py"
+  config.write_text(textwrap.dedent("""
+      import ml_collections
+
+      def get_config(arg=None):
+        c = ml_collections.ConfigDict()
+        c.model = ml_collections.ConfigDict({"preset": "1b" if arg == "1b" else "tiny",
+                                             "remat": "dots"})
+        c.data = ml_collections.ConfigDict({"batch_size": 32, "seq_len": 256})
+        c.mesh = "fsdp:-1,tensor:2"
+        c.opt = ml_collections.ConfigDict({"peak_lr": 1e-3, "grad_accum_steps": 2})
+        return c
+      """))
+  spec = aot.build_spec(config=f"{config}:1b")
+  assert spec.preset == "1b" and spec.model.remat == "dots" and spec.model.compute_dtype == "bfloat16"
+  assert (spec.batch_size, spec.seq_len, spec.grad_accum_steps) == (32, 256, 2)
+  assert dict(spec.mesh) == {"fsdp": -1, "tensor": 2} and spec.opt.peak_lr == 1e-3
+  # Explicit arguments (the command line) win over the file.
+  spec = aot.build_spec(config=str(config), preset="tiny", seq_len=128,
+                        model_overrides={"remat": "none", "compute_dtype": None})
+  assert (spec.preset, spec.seq_len, spec.model.remat) == ("tiny", 128, "none")
+
+
+def test_missing_config_file_is_a_clear_error():
+  with pytest.raises(aot.AotError, match="does not exist"):
+    aot.build_spec(config="configs/no_such_file.py:8b")
+
+
+def test_unknown_preset_is_a_clear_error():
+  with pytest.raises(aot.AotError, match="unknown model preset"):
+    aot.build_spec(preset="70b")
+
+
+def _run_tool(*args, timeout=900):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env["PYTHONPATH"] = ROOT
+  return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, env=env,
+                        timeout=timeout, cwd=ROOT)
+
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu is not installed (optional: `pip install -r requirements-tpu.txt`); compiling "
+           "for a TPU topology needs its XLA:TPU compiler")
+
+
+def test_tool_reports_missing_config_file():
+  result = _run_tool("--config=configs/no_such_file.py:8b", "--topology=v5e-8", timeout=300)
+  assert result.returncode == 2
+  assert "does not exist" in result.stderr
+
+
+# Each compile takes 5-20 s on a 2-core CPU (up to ~50 s when other jobs load it): not marked slow.
+@needs_libtpu
+def test_tiny_train_step_compiles_for_v5e_8():
+  result = _run_tool("--preset=tiny", "--topology=v5e-8", "--seq_len=128", "--mesh=fsdp:4,tensor:2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 1, result.stdout
+  report = json.loads(lines[0])
+  assert report["topology"] == "v5e-8" and report["libtpu_topology"] == "v5e:2x4"
+  assert report["n_chips"] == report["n_devices"] == 8
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+  assert report["model"]["hidden_size"] == 128 and report["model"]["num_key_value_heads"] == 4
+  assert report["batch_size"] == 4 and report["seq_len"] == 128  # one sequence per fsdp shard
+  for key in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes"):
+    assert isinstance(report[key], int) and report[key] >= 0
+  assert report["alias_bytes"] > 0  # the donated train state aliases the new one
+  assert report["total_bytes_per_device"] == (
+      report["argument_bytes"] + report["output_bytes"] - report["alias_bytes"]
+      + report["temp_bytes"] + report["generated_code_bytes"])
+  assert report["hbm_bytes_per_chip"] == 16 * 2 ** 30 and report["fits"] is True
+  # The scanned stack's body is counted once; the 2-layer unrolled copy gives every layer.
+  assert report["xla_flops_scan_body_counted_once"] is True
+  assert report["xla_flops_per_device_all_layers"] > report["xla_flops_per_device"] > 0
+  assert report["xla_flops_global"] == report["xla_flops_per_device_all_layers"] * 8
+  # Full remat recomputes the forward pass and the XLA attention skips no masked tiles: XLA's
+  # count lies above the 6*N*tokens + causal-attention estimate, within a factor of two.
+  assert 1.0 < report["xla_over_estimate"] < 2.0
+  assert report["involuntary_full_rematerializations"] == []
+
+
+@needs_libtpu
+def test_step_that_exceeds_hbm_is_refused():
+  # 8192 sequences of 512 tokens without remat: each of the 8 devices would keep ~1024 sequences'
+  # attention probabilities for the backward pass, tens of GiB against v5e's 16 GiB.
+  result = _run_tool("--preset=tiny", "--topology=v5e-8", "--seq_len=512", "--batch_size=8192",
+                     "--remat=none")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "does not fit: needs" in result.stderr and "v5e has 16 GiB per chip" in result.stderr, (
+      result.stderr[-3000:])
+  assert "try --remat=full" in result.stderr
+  assert "Traceback" not in result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["fits"] is False and report["total_bytes_per_device"] > 16 * 2 ** 30
+  assert report["model"]["hidden_size"] == 128 and report["batch_size"] == 8192
