@@ -77,7 +77,7 @@ def test_build_spec_defaults_and_precedence(tmp_path):
       def get_config(arg=None):
         c = ml_collections.ConfigDict()
         c.model = ml_collections.ConfigDict({"preset": "1b" if arg == "1b" else "tiny",
-                                             "remat": "dots"})
+                                             "remat": "dots", "rope_scaling": {"factor": 4.0}})
         c.data = ml_collections.ConfigDict({"batch_size": 32, "seq_len": 256})
         c.mesh = "fsdp:-1,tensor:2"
         c.opt = ml_collections.ConfigDict({"peak_lr": 1e-3, "grad_accum_steps": 2})
@@ -85,6 +85,7 @@ def test_build_spec_defaults_and_precedence(tmp_path):
       """))
   spec = aot.build_spec(config=f"{config}:1b")
   assert spec.preset == "1b" and spec.model.remat == "dots" and spec.model.compute_dtype == "bfloat16"
+  assert spec.model.rope_scaling.factor == 4.0
   assert (spec.batch_size, spec.seq_len, spec.grad_accum_steps) == (32, 256, 2)
   assert dict(spec.mesh) == {"fsdp": -1, "tensor": 2} and spec.opt.peak_lr == 1e-3
   # Explicit arguments (the command line) win over the file.
@@ -96,6 +97,12 @@ def test_build_spec_defaults_and_precedence(tmp_path):
 def test_missing_config_file_is_a_clear_error():
   with pytest.raises(aot.AotError, match="does not exist"):
     aot.build_spec(config="configs/no_such_file.py:8b")
+
+
+def test_splash_attention_is_refused_with_the_reason():
+  spec = aot.build_spec(preset="tiny", seq_len=128, model_overrides={"attention_impl": "splash"})
+  with pytest.raises(aot.AotError, match="interpret mode"):
+    aot.compile_train_step(spec, aot.parse_topology("v5e-8"))
 
 
 def test_unknown_preset_is_a_clear_error():
@@ -161,7 +168,7 @@ def test_step_that_exceeds_hbm_is_refused():
   assert result.returncode == 1, result.stderr[-3000:]
   assert "does not fit: needs" in result.stderr and "v5e has 16 GiB per chip" in result.stderr, (
       result.stderr[-3000:])
-  assert "try --remat=full" in result.stderr
+  assert "try --remat=full" in result.stderr and "tensor:2" in result.stderr
   assert "Traceback" not in result.stderr
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["fits"] is False and report["total_bytes_per_device"] > 16 * 2 ** 30
