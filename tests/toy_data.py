@@ -8,6 +8,8 @@ has get_state/set_state like the real input pipeline's.
 
 from __future__ import annotations
 
+import time
+
 import grain
 import numpy as np
 
@@ -33,17 +35,29 @@ class MakeRow:
 
 def make_iterator(*, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0,
                   process_index: int = 0, process_count: int = 1, num_rows: int = 4096,
-                  nan_after: int | None = None):
+                  nan_after: int | None = None, delay_s: float = 0.0):
   """Iterator over local batches (batch_size // process_count rows each).
 
   nan_after: rows of batches after that many batches get weights=NaN (to make a loss non-finite).
+  delay_s: a slow input pipeline (seconds per batch), so a test can kill a run mid-way.
   """
   local = batch_size // process_count
   ds = (grain.MapDataset.range(num_rows).shuffle(seed=seed).repeat()
         [process_index::process_count].map(MakeRow(seq_len, vocab_size)).batch(local))
   if nan_after is not None:
     ds = ds.map_with_index(PoisonAfter(nan_after))
+  if delay_s:
+    ds = ds.map(Sleep(delay_s))
   return ds.to_iter_dataset().__iter__()
+
+
+class Sleep:
+  def __init__(self, seconds: float):
+    self.seconds = seconds
+
+  def __call__(self, batch: dict) -> dict:
+    time.sleep(self.seconds)
+    return batch
 
 
 class PoisonAfter:
@@ -65,3 +79,15 @@ def eval_batches(*, batch_size: int, seq_len: int, vocab_size: int, n: int = 2,
     rows = [make(10**6 + b * batch_size + process_index * local + i) for i in range(local)]
     out.append({k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS})
   return out
+
+
+def source(*, batch_size: int, seq_len: int, vocab_size: int, nan_after: int | None = None,
+           delay_s: float = 0.0):
+  """A trainer.DataSource over this toy pipeline (each process reads its own rows)."""
+  from seedcoder_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  return trainer.DataSource(
+      train=lambda pi, pc: make_iterator(batch_size=batch_size, seq_len=seq_len,
+                                         vocab_size=vocab_size, process_index=pi, process_count=pc,
+                                         nan_after=nan_after, delay_s=delay_s),
+      eval=lambda pi, pc: eval_batches(batch_size=batch_size, seq_len=seq_len,
+                                       vocab_size=vocab_size, process_index=pi, process_count=pc))

@@ -103,6 +103,9 @@ class Checkpointer:
       items[DATA] = grain_ckpt.CheckpointSave(data_iterator)
     self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
 
+  def delete(self, step: int) -> None:
+    self._mgr.delete(step)
+
   def wait(self) -> None:
     """Blocks until every started save is on disk (and old ones beyond `keep` are deleted)."""
     self._mgr.wait_until_finished()

@@ -1,0 +1,90 @@
+"""Metric sinks of the trainers: WORKDIR/metrics.jsonl, TensorBoard event files, a progress bar.
+
+Only process 0 writes. `metrics.jsonl` gets one JSON object per logged step (DESIGN.md contract:
+at least step, loss, tokens_per_s, mfu); a resumed run appends to the same file, so a step may
+appear twice after a crash (the later line is the resumed run's). Throughput maths are pure
+functions below.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+from typing import Mapping, Optional
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def tokens_per_s(tokens: float, seconds: float) -> float:
+  return tokens / seconds if seconds > 0 else float("nan")
+
+
+def is_finite(metrics: Mapping[str, float], keys=("loss", "grad_norm")) -> bool:
+  return all(math.isfinite(float(metrics[k])) for k in keys if k in metrics)
+
+
+def _jsonable(v):
+  v = float(v) if not isinstance(v, (int, str, bool)) else v
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)  # JSON has no NaN/Inf; "nan" keeps the line parseable by strict readers
+  return v
+
+
+def read_metrics(workdir) -> list[dict]:
+  """Every line of WORKDIR/metrics.jsonl (for tests and reports)."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricWriter:
+  """metrics.jsonl + TensorBoard + tqdm, all on process 0; no-ops elsewhere."""
+
+  def __init__(self, workdir, *, initial_step: int, total_steps: int,
+               progress_bar: Optional[bool] = None):
+    self.active = jax.process_index() == 0
+    self._file = self._tb = self._bar = None
+    if not self.active:
+      return
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._file = open(workdir / METRICS_FILE, "a", buffering=1)  # line-buffered: survives kill -9
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._tb = SummaryWriter(str(workdir / "tensorboard"))
+    if progress_bar is None:
+      progress_bar = sys.stderr.isatty()
+    if progress_bar:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
+
+  def write(self, step: int, metrics: Mapping[str, float], *, echo: bool = False) -> None:
+    if not self.active:
+      return
+    row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+    self._file.write(json.dumps(row) + "\n")
+    for k, v in metrics.items():
+      if isinstance(v, (int, float)) and math.isfinite(float(v)):
+        self._tb.add_scalar(k, float(v), step)
+    if self._bar is not None:
+      self._bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "eval_loss", "tokens_per_s")
+                             if isinstance(row.get(k), float)}, refresh=False)
+    elif echo:
+      shown = " ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
+                       for k in ("loss", "eval_loss", "grad_norm", "lr", "tokens_per_s", "mfu")
+                       if k in row)
+      print(f"step {step}: {shown}", flush=True)
+
+  def advance(self, step: int) -> None:
+    if self._bar is not None:
+      self._bar.update(step - self._bar.n)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+    if self._tb is not None:
+      self._tb.close()
+    if self._file is not None:
+      self._file.close()
