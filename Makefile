@@ -11,12 +11,15 @@ PYTEST_ARGS ?=
 
 .PHONY: install install-ref test test-all demo bench clean
 
-$(VENV)/.installed: requirements.txt requirements-data.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-data.txt requirements-tpu.txt pyproject.toml
 	@test -n "$(PY312)" || { echo "python3.12 not found (set PY312=/path/to/python3.12)"; exit 1; }
 	test -x $(PYTHON) || $(PY312) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -r requirements.txt
 	$(PYTHON) -m pip install -q --no-deps -r requirements-data.txt
+	# libtpu: only launch/aot_compile.py uses it (XLA:TPU compiler, no TPU needed); tests set
+	# JAX_PLATFORMS=cpu so it is never probed.
+	$(PYTHON) -m pip install -q -r requirements-tpu.txt
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

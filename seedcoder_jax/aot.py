@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from seedcoder_jax import sharding as sharding_lib
+from seedcoder_jax.model import splash
 from seedcoder_jax.model.config import ModelConfig, RopeScaling
 from seedcoder_jax.train import optimizer as optimizer_lib
 from seedcoder_jax.train import step as step_lib
@@ -329,7 +330,9 @@ def _compile(model: ModelConfig, spec: AotSpec, mesh, batch_size: int, log: list
   batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sh),
                        step_lib.abstract_batch(batch_size, spec.seq_len))
   t0 = time.perf_counter()
-  with sharding_lib.activate(mesh):
+  # Kernels that pick an implementation per platform (splash: Pallas TPU vs interpret mode) must
+  # see the target's platform, not this CPU host's.
+  with sharding_lib.activate(mesh), splash.target_platform(mesh.devices.flat[0].platform):
     lowered = step_fn.lower(state, batch)
   t1 = time.perf_counter()
   with _capture_native_stderr(log):
@@ -353,14 +356,6 @@ def compile_train_step(spec: AotSpec, topology: Topology, *, timeout_s: float = 
   well: (2 layers - 1 layer) is one layer's FLOPs, which the scanned count then gets L - 1 more of.
   Raises DoesNotFit (with the report) when the step needs more HBM per device than the chip has.
   """
-  if spec.model.attention_impl == "splash":
-    # Both are facts about seedcoder_jax/model/splash.py as of this tool's writing; they need
-    # fixing there (interpret from the mesh's device platform, mask info built with numpy).
-    raise AotError(
-        "splash attention cannot be compiled ahead of time yet: model/splash.py chooses Pallas "
-        "interpret mode from jax.default_backend(), which is CPU in an AOT process (the program "
-        "would contain the interpreted kernel, not the TPU one), and builds its mask arrays eagerly "
-        "under the active mesh, which fails on compile-only TPU devices; use --attention_impl=xla")
   devices = topology_devices(topology, timeout_s)
   n_devices = len(devices)
   if n_devices != topology.n_chips:  # Megacore: JAX sees one device per chip on v5p, v5e, v6e.

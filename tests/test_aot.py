@@ -99,12 +99,6 @@ def test_missing_config_file_is_a_clear_error():
     aot.build_spec(config="configs/no_such_file.py:8b")
 
 
-def test_splash_attention_is_refused_with_the_reason():
-  spec = aot.build_spec(preset="tiny", seq_len=128, model_overrides={"attention_impl": "splash"})
-  with pytest.raises(aot.AotError, match="interpret mode"):
-    aot.compile_train_step(spec, aot.parse_topology("v5e-8"))
-
-
 def test_unknown_preset_is_a_clear_error():
   with pytest.raises(aot.AotError, match="unknown model preset"):
     aot.build_spec(preset="70b")
@@ -157,6 +151,16 @@ def test_tiny_train_step_compiles_for_v5e_8():
   # count lies above the 6*N*tokens + causal-attention estimate, within a factor of two.
   assert 1.0 < report["xla_over_estimate"] < 2.0
   assert report["involuntary_full_rematerializations"] == []
+
+
+@needs_libtpu
+def test_splash_attention_compiles_to_the_tpu_kernel():
+  """On a CPU host the program must hold the Mosaic TPU kernel, not the interpreted one."""
+  spec = aot.build_spec(preset="tiny", seq_len=256, model_overrides={"attention_impl": "splash"})
+  topology = aot.parse_topology("v5e-8")
+  mesh = aot.topology_mesh(spec.mesh, aot.topology_devices(topology))
+  compiled, _, _ = aot._compile(spec.model, spec, mesh, 8, [])
+  assert "tpu_custom_call" in compiled.as_text()
 
 
 @needs_libtpu

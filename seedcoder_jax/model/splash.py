@@ -28,6 +28,7 @@ Assumes self-attention over whole sequences: q and kv have the same length and t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -83,18 +84,39 @@ def _check_block_sizes(block_sizes: BlockSizes, seq_len: int) -> None:
                      f"sequence length {seq_len}; these do not: {bad}")
 
 
-@functools.lru_cache(maxsize=64)
 def _make_kernel(n_heads: int, seq_len: int, block_sizes: BlockSizes, interpret: bool):
-  """A causal GQA splash kernel for one example [n_heads, seq_len, Dh] (cached: building one
-  turns the mask into block-sparse metadata in numpy, which is slow for long sequences)."""
+  """A causal GQA splash kernel for one example [n_heads, seq_len, Dh].
+
+  Built inside the trace, so its block-sparse metadata (numpy, converted by the kernel with
+  jnp.array) become constants of the traced program: nothing is placed on a device, which is what
+  ahead-of-time compilation for a TPU topology needs (its devices are compile-only). The masks
+  are hashable and the library caches their numpy processing, so retracing stays cheap.
+  head_shards = q_seq_shards = 1: under shard_map each shard builds its own kernel for its local
+  heads, so the metadata never need partitioning.
+  """
   mask = pallas_splash.MultiHeadMask([pallas_splash.CausalMask((seq_len, seq_len))] * n_heads)
-  # head_shards = q_seq_shards = 1: under shard_map each shard builds its own kernel for its local
-  # heads, so the metadata never needs partitioning. The kernel converts its numpy metadata with
-  # jnp.array; under a trace that would make tracers, which the cache would then leak into later
-  # traces, so build it eagerly: the metadata are constants.
-  with jax.ensure_compile_time_eval():
-    return pallas_splash.make_splash_mha(mask, block_sizes=block_sizes, head_shards=1,
-                                         q_seq_shards=1, interpret=interpret)
+  return pallas_splash.make_splash_mha(mask, block_sizes=block_sizes, head_shards=1,
+                                       q_seq_shards=1, interpret=interpret)
+
+
+_target_platform: str | None = None
+
+
+@contextlib.contextmanager
+def target_platform(platform: str):
+  """Builds the kernel for `platform` rather than the default backend: ahead-of-time compilation
+  for a TPU topology runs on a CPU host, and a trace inside jit cannot see the mesh's devices.
+  (A module global, not a context variable: the tracing may happen on another thread.)"""
+  global _target_platform
+  previous, _target_platform = _target_platform, platform
+  try:
+    yield
+  finally:
+    _target_platform = previous
+
+
+def _platform() -> str:
+  return _target_platform or jax.default_backend()
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,9 +181,10 @@ def splash_attention(q_BTHD, k_BSKD, v_BSKD, q_segment_ids_BT, kv_segment_ids_BS
     raise ValueError(f"segment ids must be [B, T] = {(b, t)}, got {q_segment_ids_BT.shape} and "
                      f"{kv_segment_ids_BS.shape}")
   if interpret is None:
-    interpret = jax.default_backend() != "tpu"
+    platform = _platform()
+    interpret = platform != "tpu"
     if interpret:
-      _warn_interpret(jax.default_backend())
+      _warn_interpret(platform)
 
   # Pad the sequence to a multiple of 128 with segment id 0 at the end. Exact for the real rows:
   # causality stops them from seeing anything after them, and every padded query still sees
