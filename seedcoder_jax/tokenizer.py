@@ -181,16 +181,22 @@ class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece BPE model trained by `train_sentencepiece` (spec "spm:PATH")."""
 
   def __init__(self, path: str | os.PathLike):
-    path = pathlib.Path(path)
-    if not path.is_file():
+    path = str(path)
+    # Cloud paths (gs://...) are checked and read through etils.epath (installed with orbax and
+    # grain), which pods have credentials for; local paths need nothing beyond the filesystem.
+    remote = "://" in path
+    if not (_epath(path).exists() if remote else pathlib.Path(path).is_file()):
       raise TokenizerError(f"SentencePiece model not found: {path} (train one with "
                            "data/train_tokenizer.py)")
     super().__init__(f"spm:{path}")
-    self.path = str(path)
+    self.path = path
 
   def _load(self):
     import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=self.path)
+    if "://" in self.path:
+      sp = spm.SentencePieceProcessor(model_proto=_epath(self.path).read_bytes())
+    else:
+      sp = spm.SentencePieceProcessor(model_file=self.path)
     for i, piece in enumerate(SPECIAL_TOKENS.values()):
       if sp.id_to_piece(i) != piece:
         raise TokenizerError(f"{self.path}: id {i} is {sp.id_to_piece(i)!r}, expected {piece!r}; "
@@ -224,6 +230,11 @@ class SentencePieceTokenizer(Tokenizer):
 
   def _decode_plain(self, ids: Sequence[int]) -> str:
     return self.backend[0].decode(list(ids))
+
+
+def _epath(path: str):
+  from etils import epath
+  return epath.Path(path)
 
 
 class HuggingFaceTokenizer(Tokenizer):
