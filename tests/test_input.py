@@ -186,7 +186,8 @@ def test_eval_pass_covers_held_out_documents(numbered, tok):
     expected.update(zip(ids[:-1], ids[1:]))
   batches = make_eval_batches(cfg, num_batches=1000)
   assert _pairs(batches) == expected
-  assert all(b["inputs"].shape == (4, 64) for b in batches)
+  assert len(batches) == 1000 and all(b["inputs"].shape == (4, 64) for b in batches)
+  assert batches[-1]["weights"].sum() == 0  # padding batches after the held-out data ends
   assert make_eval_batches(cfg, num_batches=2)[1]["inputs"].tolist() == batches[1]["inputs"].tolist()
 
 

@@ -258,8 +258,12 @@ def make_iterator(cfg: InputConfig, *, process_index: int = 0,
 
 def make_eval_batches(cfg: InputConfig, *, num_batches: int, process_index: int = 0,
                       process_count: int = 1) -> list[dict]:
-  """Up to `num_batches` held-out batches (the same list on every call): one pass over the eval
-  units of every corpus in order, FIM as in training, the last batch padded with weight-0 rows."""
+  """Exactly `num_batches` held-out batches (the same list on every call).
+
+  One pass over the eval units of every corpus in order, FIM as in training. When the held-out
+  data ends first, the last batch is padded with weight-0 rows and all-padding batches follow, so
+  every process returns the same number of batches (a multi-process evaluation steps in lockstep)
+  and a token-weighted mean loss ignores the padding."""
   _check_process(process_index, process_count)
   batch_size = cfg.per_process_batch_size(process_count)
   if cfg.eval_fraction <= 0:
@@ -272,9 +276,11 @@ def make_eval_batches(cfg: InputConfig, *, num_batches: int, process_index: int 
                     batch_size).batch(batch_size, drop_remainder=False)
   out = []
   for batch in batched:
-    out.append(packing.pad_batch(batch, batch_size))
     if len(out) == num_batches:
       break
+    out.append(packing.pad_batch(batch, batch_size))
+  while len(out) < num_batches:
+    out.append(packing.empty_rows(batch_size, cfg.seq_len))
   return out
 
 
