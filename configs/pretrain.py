@@ -118,13 +118,13 @@ def tiny_phase2(c):
   c.model.max_seq_len = 1024
   c.model.rope_theta = 500_000.0  # continued pretraining may raise it for longer context
   c.data.seq_len = 512
-  c.data.batch_size = 4  # the same tokens per step as phase 1
+  c.data.batch_size = 8  # 2x phase 1's tokens per step, as the paper's longer phase-2 rows
   c.data.corpora = (TINY_CORPUS, TINY_CORPUS)
   c.data.repo_level = (False, True)  # file-level and repository-level documents, mixed
   c.data.weights = (0.5, 0.5)
   c.data.fim_rate = 0.1
   # LR 3e-4/sqrt(10) of phase 1's scale (here 3e-3/sqrt(10)) held, then decayed to 3e-5 scale.
-  c.opt.update(peak_lr=3e-3 / math.sqrt(10), end_lr=3e-4, warmup_steps=10, total_steps=150,
+  c.opt.update(peak_lr=3e-3 / math.sqrt(10), end_lr=3e-4, warmup_steps=10, total_steps=100,
                schedule="wsd", decay_fraction=0.3)
   c.ckpt.every_steps = 50
   c.eval.every_steps = 50

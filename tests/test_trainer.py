@@ -145,3 +145,82 @@ def test_bad_config_refused_before_compiling(tmp_path, monkeypatch, change, mess
   with pytest.raises(trainer.ConfigError, match=message):
     trainer.run(toy_config(**change), tmp_path, data=data)
   assert not (tmp_path / "checkpoints").exists()
+
+
+def _run_launcher(workdir, variant, *overrides, timeout=900):
+  cmd = [sys.executable, str(ROOT / "launch" / "train.py"),
+         f"--config={ROOT / 'configs' / 'pretrain.py'}:{variant}", f"--workdir={workdir}", *overrides]
+  out = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True, timeout=timeout)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+@pytest.mark.slow
+def test_tiny_two_phases_through_launcher(tmp_path):
+  """Phase 1 (FIM 0.5 SPM, file-level) then phase 2 from phase 1's checkpoint (longer rows, lower
+  LR, FIM 0.1, file + repository-level sources), both through launch/train.py on real code."""
+  from seedcoder_jax import tokenizer
+  from seedcoder_jax.input import corpus, source_files
+  stdlib = pathlib.Path(os.__file__).parent
+  records = [r for pkg in ("json", "email", "importlib", "logging")
+             for r in source_files.iter_source_records(stdlib / pkg)]
+  corpus.write_corpus(records, tmp_path / "corpus")
+  tok = tokenizer.train_sentencepiece([r["text"] for r in records], tmp_path / "tok.model",
+                                      vocab_size=512)
+  data = [f"--config.data.corpora=('{tmp_path / 'corpus'}',)", f"--config.data.tokenizer={tok.spec}",
+          "--config.data.eval_fraction=0.1", "--config.data.score_drop_fraction=0.0"]
+  out1 = _run_launcher(tmp_path / "p1", "tiny", *data, "--config.opt.total_steps=40",
+                       "--config.opt.warmup_steps=5", "--config.ckpt.every_steps=20",
+                       "--config.eval.every_steps=20", "--config.data.seq_len=128")
+  assert "state from random init" in out1
+  p1 = [r for r in metrics_lib.read_metrics(tmp_path / "p1") if "loss" in r]
+  assert p1[-1]["loss"] < p1[0]["loss"] - 0.5
+  data[0] = f"--config.data.corpora=('{tmp_path / 'corpus'}', '{tmp_path / 'corpus'}')"
+  out2 = _run_launcher(tmp_path / "p2", "tiny_phase2", *data, f"--config.init.path={tmp_path / 'p1'}",
+                       "--config.opt.total_steps=20", "--config.ckpt.every_steps=10",
+                       "--config.eval.every_steps=10", "--config.model.rope_theta=1000000.0")
+  assert f"state from params of {tmp_path / 'p1' / 'checkpoints'}/40" in out2
+  p2 = [r for r in metrics_lib.read_metrics(tmp_path / "p2") if "loss" in r]
+  assert p2[0]["step"] == 10 and p2[-1]["step"] == 20  # phase 2 counts its own steps
+  assert p2[0]["loss"] < p1[0]["loss"] - 0.5  # it starts from phase 1's weights, not from scratch
+  assert json.loads((tmp_path / "p2" / "model_config.json").read_text())["rope_theta"] == 1e6
+
+
+@pytest.mark.slow
+def test_two_process_distributed_run_checkpoints_and_resumes(tmp_path):
+  """Two JAX processes on localhost (gloo), 2 CPU devices each, one data shard each."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  cfg = toy_config(opt={"total_steps": 8}, stop_after_steps=4, mesh={"fsdp": -1})
+
+  def run_both(config):
+    procs = []
+    for i in range(2):
+      env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
+      procs.append(subprocess.Popen([sys.executable, str(TOY_TRAIN), str(tmp_path), json.dumps(config)],
+                                    env=env, start_new_session=True, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True))
+    outs = []
+    for p in procs:
+      try:
+        outs.append(p.communicate(timeout=300)[0])
+      finally:
+        if p.poll() is None:
+          os.killpg(p.pid, signal.SIGKILL)
+    for p, o in zip(procs, outs):
+      assert p.returncode == 0, o[-4000:]
+    return outs
+
+  first = run_both(cfg)
+  assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in first[0]
+  assert ck.Checkpointer(tmp_path / "checkpoints").all_steps()[-1] == 4
+  assert sorted((tmp_path / "checkpoints" / "4" / "data").glob("process_*.json")) == [
+      tmp_path / "checkpoints" / "4" / "data" / f"process_{i}-of-2.json" for i in range(2)]
+  second = run_both({**cfg, "stop_after_steps": 0})
+  assert "state from checkpoint" in second[0]
+  assert sorted(losses_by_step(tmp_path)) == list(range(1, 9))

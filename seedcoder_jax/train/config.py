@@ -178,7 +178,7 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
     raise ConfigError(f"config.init.kind={init.kind!r} is not one of {INIT_KINDS}")
   if init.kind in ("workdir", "hf", "orbax") and not init.path:
     raise ConfigError(f"config.init.path is empty but config.init.kind={init.kind!r} needs one")
-  if init.path and not os.path.exists(init.path):
+  if init.path and "://" not in init.path and not os.path.exists(init.path):
     raise ConfigError(f"config.init.path={init.path!r} does not exist")
 
   ckpt = _build(CheckpointConfig, "config.ckpt", dict(tree.get("ckpt") or {}))
