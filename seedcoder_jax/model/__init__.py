@@ -39,7 +39,9 @@ def forward(cfg: ModelConfig, params, tokens, *, segment_ids=None, positions=Non
 
 def _boxed_init(cfg: ModelConfig, rng):
   tokens = jnp.zeros((1, 1), jnp.int32)
-  return Decoder(cfg).init(rng, tokens, tokens, tokens)["params"]
+  # Attention has no parameters: initialise through the reference kernel, so that building the
+  # parameters never traces a Pallas kernel (which would warn, or need a TPU, for nothing).
+  return Decoder(cfg.replace(attention_impl="xla")).init(rng, tokens, tokens, tokens)["params"]
 
 
 def abstract_params(cfg: ModelConfig):
