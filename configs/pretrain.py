@@ -15,6 +15,7 @@ Variants:
   tiny_phase2:   continued pretraining from tiny's workdir: 2x longer sequences, LR 3e-4/sqrt(10)
                  decaying to 3e-5, FIM 0.1, file-level + repository-level sources, RoPE theta
                  changeable (model.rope_theta).
+  100m:          the ~100M preset on tiny's data (CPU throughput benchmark).
   smollm2_135m:  continued pretraining of the real SmolLM2-135M (packaged GGUF) on the stdlib
                  corpus with SmolLM2's own tokenizer.
   8b:            Seed-Coder-8B phase 1 for a TPU pod (v5p-512: 256 chips): global batch 1024 x 8K
@@ -130,6 +131,15 @@ def tiny_phase2(c):
   c.eval.every_steps = 50
 
 
+def m100(c):
+  """The ~100M preset on the tiny data: the CPU benchmark shape of bench/train_step.py."""
+  tiny(c)
+  c.model.preset = "100m"
+  c.data.seq_len = 512
+  c.data.batch_size = 4
+  c.opt.update(peak_lr=1e-3, end_lr=1e-4)
+
+
 def smollm2_135m(c):
   c.model.preset = "smollm2_135m"
   c.model.max_seq_len = 8192
@@ -180,6 +190,7 @@ def seed_coder_8b(c, *, phase: int):
 VARIANTS = {
     "tiny": tiny,
     "tiny_phase2": tiny_phase2,
+    "100m": m100,
     "smollm2_135m": smollm2_135m,
     "8b": lambda c: seed_coder_8b(c, phase=1),
     "8b_phase2": lambda c: seed_coder_8b(c, phase=2),
