@@ -1,6 +1,7 @@
 """The pretrain trainer: exact resume after kill -9, NaN stop, config refusal, metrics contract."""
 
 import json
+import math
 import os
 import pathlib
 import signal
@@ -111,6 +112,28 @@ def test_kill9_and_resume_reproduces_losses_exactly(tmp_path):
   assert got == expected  # bit-exact: same data order, same state, same programs
 
 
+def test_sigterm_saves_and_exits_then_resumes(tmp_path):
+  cfg = toy_config(ckpt={"every_steps": 100})  # no periodic save: only the preemption one
+  proc = _spawn(tmp_path, cfg, TOY_BATCH_DELAY_S="0.3")
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    if (tmp_path / "metrics.jsonl").exists() and max(losses_by_step(tmp_path) or [0]) >= 3:
+      break
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert "preemption (SIGTERM) at step" in out
+  saved = ck.Checkpointer(tmp_path / "checkpoints").all_steps()
+  assert len(saved) == 1 and 3 <= saved[0] < 16
+  resumed = subprocess.run([sys.executable, str(TOY_TRAIN), str(tmp_path), json.dumps(cfg)],
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                           text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+  assert f"state from checkpoint {tmp_path / 'checkpoints'}/{saved[0]}" in resumed.stdout
+  assert sorted(losses_by_step(tmp_path)) == list(range(1, 17))
+
+
 def test_nan_stops_naming_the_step_with_last_good_checkpoint(tmp_path):
   cfg = toy_config(opt={"total_steps": 20}, ckpt={"every_steps": 5})
   data = toy_data.source(batch_size=B, seq_len=T, vocab_size=512, nan_after=9)
@@ -169,21 +192,23 @@ def test_tiny_two_phases_through_launcher(tmp_path):
   tok = tokenizer.train_sentencepiece([r["text"] for r in records], tmp_path / "tok.model",
                                       vocab_size=512)
   data = [f"--config.data.corpora=('{tmp_path / 'corpus'}',)", f"--config.data.tokenizer={tok.spec}",
-          "--config.data.eval_fraction=0.1", "--config.data.score_drop_fraction=0.0"]
+          "--config.data.eval_fraction=0.1", "--config.data.score_drop_fraction=0.0",
+          "--config.log.every_steps=1"]
   out1 = _run_launcher(tmp_path / "p1", "tiny", *data, "--config.opt.total_steps=40",
                        "--config.opt.warmup_steps=5", "--config.ckpt.every_steps=20",
                        "--config.eval.every_steps=20", "--config.data.seq_len=128")
   assert "state from random init" in out1
   p1 = [r for r in metrics_lib.read_metrics(tmp_path / "p1") if "loss" in r]
-  assert p1[-1]["loss"] < p1[0]["loss"] - 0.5
+  untrained = math.log(512)
+  assert p1[0]["loss"] > untrained - 0.3 and p1[-1]["loss"] < untrained - 0.7
   data[0] = f"--config.data.corpora=('{tmp_path / 'corpus'}', '{tmp_path / 'corpus'}')"
   out2 = _run_launcher(tmp_path / "p2", "tiny_phase2", *data, f"--config.init.path={tmp_path / 'p1'}",
                        "--config.opt.total_steps=20", "--config.ckpt.every_steps=10",
                        "--config.eval.every_steps=10", "--config.model.rope_theta=1000000.0")
   assert f"state from params of {tmp_path / 'p1' / 'checkpoints'}/40" in out2
   p2 = [r for r in metrics_lib.read_metrics(tmp_path / "p2") if "loss" in r]
-  assert p2[0]["step"] == 10 and p2[-1]["step"] == 20  # phase 2 counts its own steps
-  assert p2[0]["loss"] < p1[0]["loss"] - 0.5  # it starts from phase 1's weights, not from scratch
+  assert p2[0]["step"] == 1 and p2[-1]["step"] == 20  # phase 2 counts its own steps
+  assert p2[0]["loss"] < untrained - 0.7  # its first step already uses phase 1's weights
   assert json.loads((tmp_path / "p2" / "model_config.json").read_text())["rope_theta"] == 1e6
 
 
