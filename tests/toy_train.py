@@ -17,8 +17,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 import toy_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from seedcoder_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from seedcoder_jax.train import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -27,8 +25,6 @@ from seedcoder_jax.train import trainer  # pylint: disable=g-import-not-at-top,w
 def main(argv):
   workdir, config = argv[1], json.loads(argv[2])
   nan_after = int(argv[3]) if len(argv) > 3 else None
-  if "JAX_COORDINATOR_ADDRESS" in os.environ:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   sharding.maybe_initialize_distributed()
   data = toy_data.source(batch_size=config["data"]["batch_size"], seq_len=config["data"]["seq_len"],
                          vocab_size=512, nan_after=nan_after,
