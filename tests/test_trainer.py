@@ -249,3 +249,21 @@ def test_two_process_distributed_run_checkpoints_and_resumes(tmp_path):
   second = run_both({**cfg, "stop_after_steps": 0})
   assert "state from checkpoint" in second[0]
   assert sorted(losses_by_step(tmp_path)) == list(range(1, 9))
+
+
+def test_missing_corpus_or_tokenizer_refused_before_compiling(tmp_path, monkeypatch):
+  from seedcoder_jax import tokenizer
+  monkeypatch.setattr(trainer, "jit_guarded_step", lambda *a, **k: pytest.fail("compiled"))
+  tok = tokenizer.train_sentencepiece(
+      [p.read_text() for p in sorted(pathlib.Path(json.__file__).parent.glob("*.py"))],
+      tmp_path / "tok.model", vocab_size=400)
+  cfg = toy_config(data={"corpora": [str(tmp_path / "no_corpus")], "tokenizer": tok.spec})
+  with pytest.raises(trainer.ConfigError, match=r"config.data.corpora\[0\]='.*no_corpus'"):
+    trainer.run(cfg, tmp_path / "w")
+  cfg["data"]["tokenizer"] = f"spm:{tmp_path / 'missing.model'}"
+  with pytest.raises(trainer.ConfigError, match=r"config.data.tokenizer='spm:.*missing.model'"):
+    trainer.run(cfg, tmp_path / "w")
+  cfg["data"]["tokenizer"] = tok.spec
+  cfg["model"] = {"preset": "tiny", "vocab_size": 256}
+  with pytest.raises(trainer.ConfigError, match=r"has 400 tokens but config.model.vocab_size=256"):
+    trainer.run(cfg, tmp_path / "w")
