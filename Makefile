@@ -1,8 +1,12 @@
 # Set-up and entry commands. `make test` and `make demo` work on a fresh machine: they create the
 # virtual environments, install the pinned requirements, then run.
 SHELL := /bin/bash
-PY312 ?= $(shell command -v python3.12 2>/dev/null || ls -d /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n1)
-PY311 ?= $(shell ls -d /root/.pyenv/versions/3.11*/bin/python3.11 2>/dev/null | tail -n1 || command -v python3.11)
+# The first interpreter of each version that really runs (pyenv shims exist but fail when that
+# version is not the active one).
+find_python = $(shell for p in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(1)*/bin/python$(1) $$(command -v python$(1)); do \
+  "$$p" -c 'import sys' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+PY312 ?= $(call find_python,3.12)
+PY311 ?= $(call find_python,3.11)
 VENV := .venv
 VENV_REF := .venv-ref
 PYTHON := $(VENV)/bin/python
