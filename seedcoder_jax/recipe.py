@@ -66,9 +66,73 @@ def model_bench(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -
   return result
 
 
+def corpus(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """A pre-scored corpus of real code (default: this interpreter's standard library).
+
+  Until the curation stage exists, scores come from source_files' documented heuristic."""
+  from seedcoder_jax.input import corpus as corpus_lib
+  from seedcoder_jax.input import source_files
+
+  src = options.get("source_dir") or source_files.default_source_dir()
+  meta = corpus_lib.write_corpus(
+      source_files.iter_source_records(src, max_bytes=options.get("max_bytes", 1_000_000)),
+      stage_dir / "corpus", num_shards=options.get("num_shards", 4), overwrite=True,
+      metadata={"source_dir": str(src), "score": source_files.SCORE_DESCRIPTION,
+                "score_kind": "heuristic"})
+  print(f"[corpus] {meta['num_records']} files from {meta['num_repos']} repositories of {src}")
+  return {"corpus": str(stage_dir / "corpus"), "records": meta["num_records"],
+          "repositories": meta["num_repos"], "languages": meta["languages"]}
+
+
+def tokenizer(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """A SentencePiece BPE model for code, trained on a sample of the corpus stage's output."""
+  from seedcoder_jax import tokenizer as tokenizer_lib
+  from seedcoder_jax.input import source_files
+
+  texts = source_files.sample_texts(workdir / "corpus" / "corpus", max_chars=options["max_chars"],
+                                    seed=options.get("seed", 0))
+  tok = tokenizer_lib.train_sentencepiece(texts, stage_dir / "tokenizer.model",
+                                          vocab_size=options["vocab_size"])
+  print(f"[tokenizer] {tok.spec}: {tok.vocab_size} pieces")
+  return {"spec": tok.spec, "vocab_size": tok.vocab_size}
+
+
+def _pretrain(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path, init_from: str = ""):
+  from seedcoder_jax.train import trainer
+
+  config = json.loads(json.dumps(options["config"]))  # a deep copy of the pretrain config
+  # Every source of the variant (e.g. phase 2's file-level and repo-level views) reads the one
+  # corpus this recipe built.
+  config["data"]["corpora"] = [str(workdir / "corpus" / "corpus")] * len(config["data"]["corpora"])
+  config["data"]["tokenizer"] = json.loads((workdir / "tokenizer" / DONE).read_text())["spec"]
+  if init_from:
+    config["init"] = {"kind": "workdir", "path": str(workdir / init_from / "run")}
+  summary = trainer.run(config, stage_dir / "run")
+  records = [json.loads(line) for line in (stage_dir / "run" / "metrics.jsonl").open()]
+  losses = [r["loss"] for r in records if "loss" in r]  # eval lines carry eval_loss only
+  print(f"[{stage_dir.name}] loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} logged "
+        f"steps; eval loss {summary.get('eval_loss')}")
+  return {"first_loss": losses[0], "last_loss": losses[-1],
+          **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}
+
+
+def pretrain(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """Phase 1: file-level pretraining with FIM (configs/pretrain.py's variant)."""
+  return _pretrain(options, stage_dir, workdir)
+
+
+def pretrain_phase2(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """Phase 2: continued pretraining from phase 1's newest parameters."""
+  return _pretrain(options, stage_dir, workdir, init_from="pretrain")
+
+
 STAGES: dict[str, Stage] = {
     "import_base": import_base,
     "model_bench": model_bench,
+    "corpus": corpus,
+    "tokenizer": tokenizer,
+    "pretrain": pretrain,
+    "pretrain_phase2": pretrain_phase2,
 }
 
 
