@@ -20,6 +20,7 @@ reserves them at fixed ids 0..len-1 in this order; a foreign vocabulary maps tho
 
 from __future__ import annotations
 
+import abc
 import io
 import os
 import pathlib
@@ -73,7 +74,7 @@ class TokenizerError(ValueError):
   """A tokenizer that cannot be loaded or trained; the message names the spec or path."""
 
 
-class Tokenizer:
+class Tokenizer(abc.ABC):
   """The interface; subclasses implement `_load`, `_encode`, `_decode_plain` and the vocabulary."""
 
   spec: str
@@ -100,26 +101,31 @@ class Tokenizer:
       self._backend = self._load()
     return self._backend
 
+  @abc.abstractmethod
   def _load(self):
-    raise NotImplementedError
+    """The backend object (loaded lazily, once per process)."""
 
   @property
+  @abc.abstractmethod
   def vocab_size(self) -> int:
-    raise NotImplementedError
+    """Number of ids, special tokens included."""
 
   @property
+  @abc.abstractmethod
   def special_ids(self) -> dict[str, Optional[int]]:
     """Every name of SPECIAL_TOKENS -> its id in this vocabulary, or None where it has none."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def id_to_piece(self, token_id: int) -> str:
-    raise NotImplementedError
+    """The vocabulary entry of one id."""
 
+  @abc.abstractmethod
   def encode(self, text: str) -> list[int]:
-    raise NotImplementedError
+    """Ids of `text`, special-token strings inside it encoded as plain text."""
 
+  @abc.abstractmethod
   def _decode_plain(self, ids: Sequence[int]) -> str:
-    raise NotImplementedError
+    """Text of ids that contain no special ids."""
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids`; special ids appear as their piece strings."""
