@@ -89,6 +89,9 @@ def _measure(model, batches, args, dtype: str) -> dict:
 def main():
   args = _parse_args()
   torch.set_num_threads(os.cpu_count())
+  # XLA on CPU flushes denormals; without this AdamW's tiny second moments make torch steps grow
+  # several times slower within tens of steps.
+  torch.set_flush_denormal(True)
   torch.manual_seed(args.seed)
   shape = json.loads(args.shape)
   model = _build_model(shape, args.seq_len)
