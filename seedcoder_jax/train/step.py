@@ -111,15 +111,19 @@ def abstract_batch(batch_size: int, seq_len: int):
   return {k: jax.ShapeDtypeStruct((batch_size, seq_len), dtypes.get(k, jnp.int32)) for k in BATCH_KEYS}
 
 
+def step_shardings(cfg: ModelConfig, optimizer, mesh, rules=sharding_lib.LOGICAL_RULES):
+  """(state, batch, replicated) shardings of a train step: one definition for every jitted step."""
+  return (state_shardings(cfg, optimizer, mesh, rules),
+          {k: sharding_lib.batch_sharding(mesh) for k in BATCH_KEYS}, NamedSharding(mesh, P()))
+
+
 def jit_train_step(cfg: ModelConfig, optimizer, mesh, *, z_loss: float = 0.0, grad_accum_steps: int = 1,
                    rules=sharding_lib.LOGICAL_RULES):
   """The train step jitted with explicit in/out shardings and the state donated.
 
   Call it (and lower/compile it) inside `sharding.activate(mesh)` so activation constraints apply.
   """
-  state_sh = state_shardings(cfg, optimizer, mesh, rules)
-  batch_sh = {k: sharding_lib.batch_sharding(mesh) for k in BATCH_KEYS}
-  replicated = NamedSharding(mesh, P())
+  state_sh, batch_sh, replicated = step_shardings(cfg, optimizer, mesh, rules)
 
   def step(state, batch):
     return train_step(cfg, optimizer, state, batch, z_loss=z_loss, grad_accum_steps=grad_accum_steps)

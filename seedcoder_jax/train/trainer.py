@@ -93,9 +93,7 @@ def jit_guarded_step(cfg: PretrainConfig, optimizer, mesh):
   """step.train_step, jitted with explicit shardings and donated state, that applies its update
   only if the loss and gradient norm are finite and the state is at `expected_step` (so once a
   step is skipped, the steps already dispatched after it are no-ops too)."""
-  state_sh = step_lib.state_shardings(cfg.model, optimizer, mesh)
-  batch_sh = {k: sharding_lib.batch_sharding(mesh) for k in step_lib.BATCH_KEYS}
-  replicated = NamedSharding(mesh, P())
+  state_sh, batch_sh, replicated = step_lib.step_shardings(cfg.model, optimizer, mesh)
 
   def guarded(state, batch, expected_step):
     new, metrics = step_lib.train_step(cfg.model, optimizer, state, batch, z_loss=cfg.z_loss,
