@@ -29,6 +29,14 @@ def test_forward_shape_and_dtype(params):
   assert np.isfinite(np.asarray(logits)).all()
 
 
+def test_hidden_states_are_what_the_head_reads(params):
+  tokens = _tokens()
+  hidden_BTD = jax.jit(model.hidden_states, static_argnums=0)(CFG, params, tokens)
+  assert hidden_BTD.shape == (2, 16, CFG.d_model) and hidden_BTD.dtype == jnp.float32
+  logits = hidden_BTD @ params["lm_head"]["kernel"]
+  np.testing.assert_allclose(logits, forward(CFG, params, tokens), rtol=1e-5, atol=1e-5)
+
+
 def _input_grad_norms(cfg, params, t, out_index, **kw):
   """|d logits[0, out_index] / d embedding(input t)| for every position t.
 

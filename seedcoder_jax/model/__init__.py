@@ -15,7 +15,7 @@ from seedcoder_jax.model.config import PRESETS, ModelConfig, RopeScaling, preset
 from seedcoder_jax.model.decoder import Decoder
 
 __all__ = [
-    "ModelConfig", "RopeScaling", "PRESETS", "preset", "forward", "init_params", "abstract_params",
+    "ModelConfig", "RopeScaling", "PRESETS", "preset", "forward", "hidden_states", "init_params", "abstract_params",
     "logical_axes", "stack_layers", "unstack_layers",
 ]
 
@@ -26,6 +26,15 @@ def forward(cfg: ModelConfig, params, tokens, *, segment_ids=None, positions=Non
   segment_ids [B, L]: packed documents (no attention across different ids; 0 marks padding).
   positions [B, L]: RoPE positions (default 0..L-1; packed rows restart them per document).
   """
+  return _apply(cfg, params, tokens, segment_ids, positions, return_hidden=False)
+
+
+def hidden_states(cfg: ModelConfig, params, tokens, *, segment_ids=None, positions=None):
+  """Float32 final-normed hidden states [B, L, D] (what the LM head reads): for scorer heads."""
+  return _apply(cfg, params, tokens, segment_ids, positions, return_hidden=True)
+
+
+def _apply(cfg, params, tokens, segment_ids, positions, *, return_hidden):
   tokens_BT = jnp.asarray(tokens, jnp.int32)
   if tokens_BT.ndim != 2:
     raise ValueError(f"tokens must be [batch, length], got shape {tokens_BT.shape}")
@@ -34,7 +43,7 @@ def forward(cfg: ModelConfig, params, tokens, *, segment_ids=None, positions=Non
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), tokens_BT.shape)
   return Decoder(cfg).apply({"params": params}, tokens_BT, jnp.asarray(segment_ids, jnp.int32),
-                            jnp.asarray(positions, jnp.int32))
+                            jnp.asarray(positions, jnp.int32), return_hidden)
 
 
 def _boxed_init(cfg: ModelConfig, rng):

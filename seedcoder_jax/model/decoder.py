@@ -144,7 +144,7 @@ class Decoder(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BT, segment_ids_BT, positions_BT):
+  def __call__(self, tokens_BT, segment_ids_BT, positions_BT, return_hidden: bool = False):
     c = self.cfg
     embed_VD = Embed(c, name="embed")()
     # Gather from a table whose d_model dim is whole: otherwise the gradient's scatter-add needs
@@ -166,6 +166,8 @@ class Decoder(nn.Module):
         x_BTD, _ = block(c, name=f"layers_{i}")(x_BTD, segment_ids_BT, positions_BT, index_BT)
 
     x_BTD = RMSNorm(c.rms_norm_eps, name="final_norm")(x_BTD)
+    if return_hidden:  # the final-normed hidden states (a scorer or value head reads these)
+      return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
     if c.tie_embeddings:
       dtype = _dtype(c.compute_dtype)
       logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(dtype), embed_VD.astype(dtype),
