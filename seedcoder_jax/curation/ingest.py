@@ -1,0 +1,266 @@
+"""Stage 1, ingest: source files of repository trees become records; bad files become rejections.
+
+An input path is one repository:
+
+- a local directory (a checkout, a git repository's working tree, or any source tree), named after
+  the directory; version-control metadata (.git, .hg, .svn) and __pycache__ are not part of the
+  tree and are not read;
+- a .tar / .tar.gz / .tgz archive (local or any Beam filesystem, e.g. gs://), named after the
+  archive without its extension; when all members share one top-level directory (GitHub's
+  "repo-<sha>/" tarballs) that directory is stripped from the paths.
+
+Every regular file read is an input and ends either as a record (kind "file", id
+"file:<repo>/<path>") or as a rejection of stage "ingest" with one of REASONS. A corrupt archive
+counts as one input (id "archive:<path>", reason corrupt_archive) whatever it held, because its
+members cannot be listed reliably; its detail says how many members were read before the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import pathlib
+import posixpath
+import tarfile
+from typing import Iterable, Iterator
+
+from seedcoder_jax.curation import records
+
+STAGE = "ingest"
+REASONS = ("binary", "non_utf8", "too_large", "empty", "unknown_language", "unreadable",
+           "symlink", "corrupt_archive")
+
+EXTENSIONS = {
+    ".py": "python", ".pyi": "python", ".pyw": "python",
+    ".c": "c", ".h": "c",
+    ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp",
+    ".java": "java",
+    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
+    ".ts": "typescript", ".mts": "typescript", ".cts": "typescript", ".tsx": "typescript",
+    ".go": "go", ".rs": "rust",
+    ".sh": "shell", ".bash": "shell", ".zsh": "shell",
+    ".md": "markdown", ".markdown": "markdown",
+}
+# Interpreter names of a "#!" line (last path component, or the argument of /usr/bin/env).
+SHEBANGS = {
+    "python": "python", "python2": "python", "python3": "python", "pypy": "python",
+    "pypy3": "python", "sh": "shell", "bash": "shell", "zsh": "shell", "dash": "shell",
+    "ksh": "shell", "node": "javascript", "nodejs": "javascript", "deno": "typescript",
+    "ts-node": "typescript",
+}
+ALL_LANGUAGES = tuple(sorted(set(EXTENSIONS.values())))
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
+
+
+class IngestError(ValueError):
+  """A bad ingest configuration or input list (missing paths, unknown languages)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+  languages: tuple[str, ...] = ALL_LANGUAGES  # others -> rejected "unknown_language"
+  max_bytes: int = 1_000_000  # larger files -> rejected "too_large"
+  binary_probe_bytes: int = 8192  # a NUL byte in this prefix -> "binary"
+
+  def __post_init__(self):
+    object.__setattr__(self, "languages", tuple(self.languages))
+    unknown = sorted(set(self.languages) - set(ALL_LANGUAGES))
+    if unknown:
+      raise IngestError(f"ingest.languages: {unknown} not detectable; known: {list(ALL_LANGUAGES)}")
+    if self.max_bytes < 1:
+      raise IngestError(f"ingest.max_bytes={self.max_bytes} must be >= 1")
+
+
+def detect_language(path: str, head: bytes) -> str:
+  """Language from the file extension, else from a "#!" line; "" when unknown."""
+  name = posixpath.basename(path)
+  lower = name.lower()
+  for ext in sorted((e for e in EXTENSIONS if lower.endswith(e)), key=len, reverse=True):
+    return EXTENSIONS[ext]
+  if head.startswith(b"#!"):
+    words = head[2:head.find(b"\n") if b"\n" in head else 200].decode("latin-1").split()
+    if words:
+      prog = posixpath.basename(words[0])
+      if prog == "env":
+        args = [w for w in words[1:] if not w.startswith("-")]
+        prog = args[0] if args else ""
+      prog = prog.rstrip("0123456789.") if prog.startswith("python") else prog
+      return SHEBANGS.get(prog, SHEBANGS.get(prog.rstrip("0123456789."), ""))
+  return ""
+
+
+def classify(repo: str, path: str, data: bytes, cfg: IngestConfig) -> dict:
+  """A file's bytes -> its record, or its rejection (a dict with "reason"). Pure."""
+  rid = records.record_id("file", repo, path)
+  if len(data) > cfg.max_bytes:
+    return records.reject(rid, STAGE, "too_large", f"{len(data)} bytes > {cfg.max_bytes}")
+  if not data.strip():
+    return records.reject(rid, STAGE, "empty", f"{len(data)} bytes, whitespace only")
+  if b"\0" in data[:cfg.binary_probe_bytes]:
+    return records.reject(rid, STAGE, "binary", "NUL byte")
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    return records.reject(rid, STAGE, "non_utf8", f"byte {e.start}: {e.reason}")
+  language = detect_language(path, data[:256])
+  if language not in cfg.languages:
+    return records.reject(rid, STAGE, "unknown_language", language or posixpath.splitext(path)[1])
+  return records.make_record(kind="file", text=text, repo=repo, path=path, language=language,
+                             id=rid)
+
+
+def is_archive(path: str) -> bool:
+  return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def repo_name(path: str) -> str:
+  """The repository an input path names: the directory or archive name without extension."""
+  name = posixpath.basename(str(path).rstrip("/"))
+  for suffix in ARCHIVE_SUFFIXES:
+    if name.lower().endswith(suffix):
+      return name[:-len(suffix)]
+  return name
+
+
+def check_inputs(paths: Iterable[str]) -> list[str]:
+  """The input paths, refused up front (IngestError naming them) when missing or unusable."""
+  paths = [str(p) for p in paths]
+  if not paths:
+    raise IngestError("no input paths (set ingest.inputs or pass --input=PATH)")
+  missing, bad = [], []
+  for p in paths:
+    if "://" in p:
+      if not is_archive(p):
+        bad.append(f"{p} (remote inputs must be .tar/.tar.gz archives, one per repository)")
+        continue
+      from apache_beam.io.filesystems import FileSystems
+      if not FileSystems.exists(p):
+        missing.append(p)
+    elif not os.path.exists(p):
+      missing.append(p)
+    elif not os.path.isdir(p) and not is_archive(p):
+      bad.append(f"{p} (neither a directory nor a .tar/.tar.gz/.tgz archive)")
+  if missing:
+    raise IngestError(f"input path(s) not found: {missing}")
+  if bad:
+    raise IngestError(f"unusable input path(s): {bad}")
+  names = [repo_name(p) for p in paths]
+  dups = sorted({n for n in names if names.count(n) > 1})
+  if dups:
+    raise IngestError(f"several inputs name the same repository {dups}: {paths}")
+  return paths
+
+
+def list_directory(root: str) -> Iterator[tuple[str, str, str]]:
+  """(repo, path in repo, file on disk) of every file under a directory, sorted."""
+  repo = repo_name(root)
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+    for name in sorted(filenames):
+      full = os.path.join(dirpath, name)
+      yield repo, pathlib.Path(full).relative_to(root).as_posix(), full
+
+
+def read_file(repo: str, path: str, full: str, cfg: IngestConfig) -> dict:
+  """Reads one file of a directory input -> record or rejection."""
+  rid = records.record_id("file", repo, path)
+  if os.path.islink(full):
+    return records.reject(rid, STAGE, "symlink", os.readlink(full))
+  try:
+    size = os.path.getsize(full)
+    if size > cfg.max_bytes:  # don't read a huge file only to reject it
+      return records.reject(rid, STAGE, "too_large", f"{size} bytes > {cfg.max_bytes}")
+    with open(full, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    return records.reject(rid, STAGE, "unreadable", f"{type(e).__name__}: {e.strerror or e}")
+  return classify(repo, path, data, cfg)
+
+
+def read_archive(archive: str, cfg: IngestConfig) -> list[dict]:
+  """Every member of a tar archive -> records and rejections; a corrupt archive -> one rejection."""
+  from apache_beam.io.filesystems import FileSystems
+  repo = repo_name(archive)
+  members: list[tuple[str, object]] = []  # (name, bytes | rejection reason)
+  try:
+    with FileSystems.open(archive, compression_type="uncompressed") as raw:
+      blob = raw.read()
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
+      for m in tar:
+        if m.isdir():
+          continue
+        if m.issym() or m.islnk():
+          members.append((m.name, "symlink"))
+        elif not m.isfile():
+          members.append((m.name, "unreadable"))
+        elif m.size > cfg.max_bytes:
+          members.append((m.name, ("too_large", m.size)))
+        else:
+          members.append((m.name, tar.extractfile(m).read()))
+  except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+    return [records.reject(f"archive:{archive}", STAGE, "corrupt_archive",
+                           f"{type(e).__name__}: {e} (after {len(members)} member(s))")]
+  names = [posixpath.normpath(n.lstrip("/")) for n, _ in members]
+  tops = {n.split("/", 1)[0] for n in names}
+  strip = len(tops) == 1 and all("/" in n for n in names)
+  out = []
+  for name, (_, content) in zip(names, members):
+    parts = name.split("/")
+    if any(p in SKIP_DIRS for p in parts[:-1]) or ".." in parts:
+      continue
+    path = name.split("/", 1)[1] if strip else name
+    rid = records.record_id("file", repo, path)
+    if isinstance(content, bytes):
+      out.append(classify(repo, path, content, cfg))
+    elif isinstance(content, tuple):
+      out.append(records.reject(rid, STAGE, "too_large", f"{content[1]} bytes > {cfg.max_bytes}"))
+    else:
+      out.append(records.reject(rid, STAGE, content, "archive member"))
+  return out
+
+
+def ingest_paths(paths: Iterable[str], cfg: IngestConfig) -> Iterator[dict]:
+  """All records and rejections of the inputs, without Beam (tests, small runs)."""
+  for p in check_inputs(paths):
+    if is_archive(p):
+      yield from read_archive(p, cfg)
+    else:
+      for repo, path, full in list_directory(p):
+        yield read_file(repo, path, full, cfg)
+
+
+def is_rejection(item: dict) -> bool:
+  return "reason" in item and "text" not in item
+
+
+def _route(item: dict):
+  return records.tagged_rejection(item) if is_rejection(item) else item
+
+
+def ingest_transform(paths: list[str], cfg: IngestConfig):
+  """Beam PTransform: PBegin -> records (main output) and rejections (tag REJECTED)."""
+  import apache_beam as beam
+
+  class _Expand(beam.DoFn):
+    """An input path -> (repo, path, file) work items, or the results of a whole archive."""
+
+    def process(self, p):
+      if is_archive(p):
+        for item in read_archive(p, cfg):
+          yield beam.pvalue.TaggedOutput("done", item)
+      else:
+        yield from list_directory(p)
+
+  class _Ingest(beam.PTransform):
+
+    def expand(self, pbegin):
+      expanded = (pbegin | "Inputs" >> beam.Create(check_inputs(paths))
+                  | "Expand" >> beam.ParDo(_Expand()).with_outputs("done", main="files"))
+      read = (expanded.files | "Reshuffle" >> beam.Reshuffle()
+              | "Read" >> beam.MapTuple(lambda repo, path, full: read_file(repo, path, full, cfg)))
+      return ((read, expanded.done) | "Merge" >> beam.Flatten()
+              | "Route" >> beam.Map(_route).with_outputs(records.REJECTED, main="kept"))
+
+  return _Ingest()

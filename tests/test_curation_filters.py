@@ -1,0 +1,145 @@
+"""Curation stages 1-2: ingest (languages, rejections, archives) and the Tree-sitter syntax filter."""
+
+import io
+import os
+import pathlib
+import shutil
+import sysconfig
+import tarfile
+
+import pytest
+
+from seedcoder_jax.curation import ingest, syntax
+
+STDLIB = pathlib.Path(sysconfig.get_paths()["stdlib"])
+INCLUDE = pathlib.Path(sysconfig.get_paths()["include"])
+
+
+@pytest.fixture(scope="module")
+def junk_repo(tmp_path_factory):
+  """A copy of stdlib json plus real junk: a .pyc, GB2312 text, empty, huge, a symlink, a script."""
+  root = tmp_path_factory.mktemp("inputs") / "jsonplus"
+  shutil.copytree(STDLIB / "json", root, ignore=shutil.ignore_patterns("__pycache__"))
+  pyc = next((STDLIB / "json" / "__pycache__").glob("*.pyc"), None)
+  (root / "compiled.py").write_bytes(pyc.read_bytes() if pyc else b"\x00\x01binary")
+  (root / "gb2312.py").write_bytes((STDLIB / "test" / "cjkencodings" / "gb2312.txt").read_bytes())
+  (root / "empty.py").write_text("\n  \n")
+  (root / "huge.py").write_text("x = 1\n" * 200_000)
+  (root / "notes.txt").write_text("plain text, no language\n")
+  (root / "run").write_text("#!/usr/bin/env python3\nprint('hi')\n")
+  (root / "deploy").write_text("#!/bin/bash\necho hi\n")
+  (root / ".git").mkdir()
+  (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+  os.symlink(root / "decoder.py", root / "link.py")
+  return root
+
+
+def _by_id(items):
+  return {i["id"]: i for i in items}
+
+
+def test_detect_language():
+  assert ingest.detect_language("a/b.py", b"") == "python"
+  assert ingest.detect_language("x.tsx", b"") == "typescript"
+  assert ingest.detect_language("README.md", b"") == "markdown"
+  assert ingest.detect_language("main.rs", b"") == "rust"
+  assert ingest.detect_language("tool", b"#!/usr/bin/env python3.12\n") == "python"
+  assert ingest.detect_language("tool", b"#!/usr/bin/env -S node --x\n") == "javascript"
+  assert ingest.detect_language("tool", b"#!/bin/sh\n") == "shell"
+  assert ingest.detect_language("Makefile", b"all:\n") == ""
+
+
+def test_ingest_directory_rejections(junk_repo):
+  items = _by_id(ingest.ingest_paths([str(junk_repo)], ingest.IngestConfig(max_bytes=500_000)))
+  reason = {k: v.get("reason") for k, v in items.items()}
+  assert reason["file:jsonplus/compiled.py"] == "binary"
+  assert reason["file:jsonplus/gb2312.py"] == "non_utf8"
+  assert reason["file:jsonplus/empty.py"] == "empty"
+  assert reason["file:jsonplus/huge.py"] == "too_large"
+  assert reason["file:jsonplus/notes.txt"] == "unknown_language"
+  assert reason["file:jsonplus/link.py"] == "symlink"
+  assert not any(".git" in k for k in items)  # VCS metadata is not part of the tree
+  decoder = items["file:jsonplus/decoder.py"]
+  assert decoder["language"] == "python" and decoder["kind"] == "file"
+  assert decoder["repo"] == "jsonplus" and decoder["path"] == "decoder.py"
+  assert decoder["text"] == (STDLIB / "json" / "decoder.py").read_text()
+  assert items["file:jsonplus/run"]["language"] == "python"
+  assert items["file:jsonplus/deploy"]["language"] == "shell"
+  # Every file on disk (outside .git) is accounted for exactly once.
+  on_disk = [p for p in junk_repo.rglob("*") if (p.is_file() or p.is_symlink()) and ".git" not in p.parts]
+  assert len(items) == len(on_disk)
+
+
+def test_ingest_language_subset_and_bad_config(junk_repo):
+  items = _by_id(ingest.ingest_paths([str(junk_repo)], ingest.IngestConfig(languages=("shell",))))
+  assert items["file:jsonplus/decoder.py"]["reason"] == "unknown_language"
+  assert "text" in items["file:jsonplus/deploy"]
+  with pytest.raises(ingest.IngestError, match="cobol"):
+    ingest.IngestConfig(languages=("python", "cobol"))
+
+
+def test_missing_and_bad_inputs_refused(tmp_path, junk_repo):
+  with pytest.raises(ingest.IngestError, match="not found.*nope"):
+    list(ingest.ingest_paths([str(junk_repo), str(tmp_path / "nope")], ingest.IngestConfig()))
+  (tmp_path / "x.zip").write_bytes(b"PK")
+  with pytest.raises(ingest.IngestError, match="x.zip"):
+    ingest.check_inputs([str(tmp_path / "x.zip")])
+
+
+def test_archives(tmp_path):
+  good = tmp_path / "json-abc123.tar.gz"
+  with tarfile.open(good, "w:gz") as tar:
+    tar.add(STDLIB / "json", arcname="json-abc123",
+            filter=lambda m: None if "__pycache__" in m.name else m)
+  items = _by_id(ingest.ingest_paths([str(good)], ingest.IngestConfig()))
+  assert items["file:json-abc123/decoder.py"]["text"] == (STDLIB / "json" / "decoder.py").read_text()
+  assert len(items) == len([p for p in (STDLIB / "json").iterdir() if p.is_file()])
+  bad = tmp_path / "broken.tar.gz"
+  bad.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+  out = list(ingest.ingest_paths([str(bad)], ingest.IngestConfig()))
+  assert len(out) == 1 and out[0]["reason"] == "corrupt_archive"
+  assert out[0]["id"] == f"archive:{bad}"
+
+
+CASES = {
+    "python": ("def f(x):\n  return [i for i in x]\n", "def f(x:\n  return\n"),
+    "c": ("int main(void) { return 0; }\n", "int main(void) { return 0;\n"),
+    "cpp": ("#include <vector>\nstd::vector<int> v{1, 2};\nint f() { return v[0]; }\n",
+            "class A { public: int x; \n"),
+    "java": ("class A { int f() { return 1; } }\n", "class A { int f() { return 1; }\n"),
+    "javascript": ("const f = (x) => x * 2;\n", "const f = (x) => { x * 2;\n"),
+    "go": ("package main\nfunc main() { println(1) }\n", "package main\nfunc main() { println(1)\n"),
+    "rust": ("fn main() { let x = vec![1]; println!(\"{:?}\", x); }\n", "fn main() { let x = ; }\n"),
+}
+
+
+@pytest.mark.parametrize("language", sorted(CASES))
+def test_syntax_filter(language):
+  good, bad = CASES[language]
+  rec = {"id": f"file:r/x.{language}", "text": good, "language": language, "kind": "file",
+         "repo": "r", "path": "x"}
+  assert syntax.check_syntax(rec)["syntax"] == "ok"
+  out = syntax.check_syntax({**rec, "text": bad})
+  assert out["reason"] == "syntax_error" and out["stage"] == "syntax"
+  assert "errors at" in out["detail"]
+
+
+def test_syntax_on_real_sources():
+  """Real CPython sources and headers parse; a file without a grammar passes unchecked."""
+  for path, language in [(STDLIB / "json" / "decoder.py", "python"),
+                         (STDLIB / "asyncio" / "tasks.py", "python"),
+                         (INCLUDE / "pymacro.h", "c")]:
+    if not path.exists():
+      pytest.skip(f"{path} not installed")
+    rec = {"id": str(path), "text": path.read_text(), "language": language, "kind": "file",
+           "repo": "r", "path": path.name}
+    assert syntax.check_syntax(rec).get("syntax") == "ok", path
+  md = {"id": "m", "text": "# Title\n\ntext\n", "language": "markdown", "kind": "file", "repo": "r",
+        "path": "README.md"}
+  assert syntax.check_syntax(md)["syntax"] == "no_grammar"
+  # A real file cut off inside a call (a truncated download) is rejected, with the position.
+  text = (STDLIB / "json" / "decoder.py").read_text()
+  cut = text.index("(", len(text) // 2) + 1
+  out = syntax.check_syntax({**md, "language": "python", "text": text[:cut]})
+  assert out["reason"] == "syntax_error"
+  assert out["detail"].startswith(f"errors at {text[:cut].count(chr(10)) + 1}:"), out["detail"]
