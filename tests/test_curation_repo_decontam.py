@@ -1,0 +1,81 @@
+"""Curation stages 6 and 9: repository-level records and HumanEval decontamination."""
+
+import pathlib
+import sysconfig
+
+import pytest
+
+from seedcoder_jax.curation import decontam, records, repo_records
+
+STDLIB = pathlib.Path(sysconfig.get_paths()["stdlib"])
+
+
+def _rec(repo, path, text, score=7.0, language="python"):
+  return records.make_record(kind="file", text=text, repo=repo, path=path, language=language,
+                             score=score)
+
+
+@pytest.fixture(scope="module")
+def index():
+  return decontam.benchmark_index(decontam.DecontamConfig())
+
+
+def test_humaneval_solution_planted_in_a_file(index):
+  tasks = decontam.humaneval_texts()
+  assert len(tasks) == 164
+  sol = tasks["HumanEval/12"]  # longest(strings) -> Optional[str]
+  host = (STDLIB / "json" / "tool.py").read_text()
+  planted = _rec("proj", "util.py", host + "\n\n" + sol.replace("    ", "\t"))  # reindented copy
+  clean = _rec("proj", "tool.py", host)
+  out, match = decontam.check_record(planted, index, decontam.DecontamConfig())
+  assert out["reason"] == "benchmark_overlap" and out["detail"] == "HumanEval/12"
+  assert match["task_ids"] == ["HumanEval/12"] and match["ngrams"]["HumanEval/12"] > 10
+  assert decontam.check_record(clean, index, decontam.DecontamConfig()) == (clean, None)
+  # Nine words of a solution are not a 10-gram match.
+  words = " ".join(decontam._WORD.findall(sol)[20:29])
+  assert decontam.find_matches(words, index, 10) == {}
+  assert decontam.find_matches(" ".join(decontam._WORD.findall(sol)[20:30]), index, 10)
+
+
+def test_decontam_real_stdlib_files_clean(index):
+  for name in ("decoder.py", "encoder.py", "scanner.py"):
+    text = (STDLIB / "json" / name).read_text()
+    assert decontam.find_matches(text, index, 10) == {}, name
+
+
+def test_bad_decontam_config():
+  with pytest.raises(decontam.DecontamError, match="mbpp"):
+    decontam.DecontamConfig(benchmarks=("humaneval", "mbpp"))
+
+
+def test_repo_record_dependency_order_and_selection():
+  files = [
+      _rec("pkg", "pkg/app.py", "from pkg import models\nfrom pkg.util import helper\n\nhelper()\n"),
+      _rec("pkg", "pkg/util.py", "def helper():\n  return 1\n"),
+      _rec("pkg", "pkg/models.py", "from .util import helper\n\nclass M:\n  pass\n"),
+      _rec("pkg", "README.md", "# pkg\n", language="markdown"),
+  ]
+  cfg = repo_records.RepoConfig(min_mean_score=5.0)
+  rec, why = repo_records.build_repo_record("pkg", files, cfg)
+  assert why == "selected" and rec["kind"] == "repo" and rec["id"] == "repo:pkg"
+  order = rec["files"]
+  assert order.index("pkg/util.py") < order.index("pkg/models.py") < order.index("pkg/app.py")
+  assert rec["language"] == "python" and rec["score"] == 7.0 and rec["num_files"] == 4
+  assert rec["text"].startswith(order[0] + "\n")
+  for f in files:
+    assert f"{f['path']}\n{f['text']}" in rec["text"]
+  # Same seed -> same record, whatever the input order.
+  assert repo_records.build_repo_record("pkg", files[::-1], cfg)[0] == rec
+  low = [{**f, "score": 2.0} for f in files]
+  assert repo_records.build_repo_record("pkg", low, cfg) == (None, "low_score")
+  assert repo_records.build_repo_record("pkg", files[:1], cfg) == (None, "too_few_files")
+
+
+def test_repo_random_order_seeded():
+  files = [_rec("c", f"src/f{i}.c", f"int f{i}(void) {{ return {i}; }}\n", language="c")
+           for i in range(8)]
+  orders = {tuple(repo_records.build_repo_record("c", files, repo_records.RepoConfig(seed=s))[0]["files"])
+            for s in range(4)}
+  assert len(orders) > 1  # the seed matters
+  a = repo_records.build_repo_record("c", files, repo_records.RepoConfig(seed=1))[0]
+  assert a == repo_records.build_repo_record("c", files, repo_records.RepoConfig(seed=1))[0]
