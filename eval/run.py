@@ -39,6 +39,8 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling (1 = off).")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 384, "Tokens generated per sample.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _PROMPT_STYLE = flags.DEFINE_enum("prompt_style", "base", ["base", "chat"], "Prompt style.")
+_FIM_ORDER = flags.DEFINE_enum("fim_order", "spm", ["spm", "psm"], "FIM prompt layout "
+                               "(fim_humaneval), as the model was trained.")
 _LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
 _KS = flags.DEFINE_list("ks", ["1", "10", "100"], "The k of pass@k.")
 _WORKERS = flags.DEFINE_integer("workers", 4, "Sandbox runs in parallel.")
@@ -55,7 +57,8 @@ def main(argv):
       benchmark=_BENCHMARK.value, output=_OUTPUT.value, samples=_SAMPLES.value,
       checkpoint=_CHECKPOINT.value, n_samples=_N_SAMPLES.value, temperature=_TEMPERATURE.value,
       top_p=_TOP_P.value, max_new_tokens=_MAX_NEW_TOKENS.value, seed=_SEED.value,
-      prompt_style=_PROMPT_STYLE.value, limit=_LIMIT.value, ks=tuple(int(k) for k in _KS.value),
+      prompt_style=_PROMPT_STYLE.value, fim_order=_FIM_ORDER.value,
+      limit=_LIMIT.value, ks=tuple(int(k) for k in _KS.value),
       workers=_WORKERS.value, batch_size=_BATCH_SIZE.value, timeout_s=_TIMEOUT_S.value,
       memory_mb=_MEMORY_MB.value)
   try:

@@ -43,7 +43,8 @@ class EvalConfig:
     checkpoint: model spec for seedcoder_jax.sampling.load_model ("gguf:smollm2", "hf:DIR", ...).
     n_samples: samples per problem when generating.
     temperature, top_p, max_new_tokens, seed: sampling parameters (temperature 0 = greedy).
-    prompt_style: "base" or "chat".
+    prompt_style: "base" or "chat" (FIM benchmarks ignore it).
+    fim_order: FIM prompt layout, "spm" (the paper's) or "psm", as the model was trained.
     limit: score only the first `limit` problems (None = all).
     ks: the k of pass@k.
     workers: sandbox runs in parallel.
@@ -60,6 +61,7 @@ class EvalConfig:
   max_new_tokens: int = 384
   seed: int = 0
   prompt_style: str = "base"
+  fim_order: str = "spm"
   limit: Optional[int] = None
   ks: tuple[int, ...] = metrics.DEFAULT_KS
   workers: int = 4
@@ -79,6 +81,8 @@ class EvalConfig:
     if self.prompt_style not in prompts_lib.PROMPT_STYLES:
       raise ValueError(f"--prompt_style must be one of {prompts_lib.PROMPT_STYLES}, "
                        f"got {self.prompt_style!r}")
+    if self.fim_order not in ("spm", "psm"):
+      raise ValueError(f"--fim_order must be spm or psm, got {self.fim_order!r}")
     for name in ("n_samples", "max_new_tokens", "workers", "batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -124,6 +128,11 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
                                   runner=runner, timeout_s=timeout_s, memory_mb=memory_mb,
                                   progress=_progress_logger(len(jobs)))
     log.info("executed %d programs in %.1f s", len(jobs), time.time() - start)
+    broken = [out for out in outcomes if out.status == "sandbox_error"]
+    if broken and len(broken) == len(outcomes):
+      # Not one program ran: a score of 0 would be a lie about the model.
+      raise RuntimeError(f"{benchmark}: the sandbox could not run any program; first error: "
+                         f"{broken[0].detail}")
 
   per_task = collections.defaultdict(list)
   for (p, s), out in zip(jobs, outcomes):
@@ -189,7 +198,9 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
   bench = benchmarks_lib.get(cfg.benchmark)
   jobs = [(p, j) for p in problems if not p.unsupported
           for j in range(have[p.task_id], cfg.n_samples)]
-  meta = {"checkpoint": cfg.checkpoint, "prompt_style": cfg.prompt_style,
+  meta = {"checkpoint": cfg.checkpoint,
+          "prompt_style": "fim_" + cfg.fim_order if bench.scoring == "exact_match"
+                          else cfg.prompt_style,
           "temperature": cfg.temperature, "top_p": cfg.top_p,
           "max_new_tokens": cfg.max_new_tokens, "n_samples": cfg.n_samples, "seed": cfg.seed,
           "greedy": cfg.temperature == 0, "samples_file": str(path), "reused": sum(have.values()),
@@ -200,8 +211,7 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
   if tokenizer is None:
     raise ValueError(f"checkpoint {cfg.checkpoint!r} has no tokenizer: cannot build prompts")
   sampler = sampling.Sampler(model_cfg, params, tokenizer=tokenizer, max_batch=cfg.batch_size)
-  encoded = {p.task_id: _prompt_ids(bench, p, cfg.prompt_style, tokenizer, sampling)
-             for p, _ in jobs}
+  encoded = {p.task_id: _prompt_ids(bench, p, cfg, tokenizer) for p, _ in jobs}
   # Similar lengths together waste less padding per batch.
   jobs.sort(key=lambda job: len(encoded[job[0].task_id]))
   index = {p.task_id: i for i, p in enumerate(problems)}
@@ -228,10 +238,10 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
   return meta
 
 
-def _prompt_ids(bench, problem, style, tokenizer, sampling) -> list[int]:
+def _prompt_ids(bench, problem, cfg: EvalConfig, tokenizer) -> list[int]:
   if bench.scoring == "exact_match":
-    return list(sampling.fim_prompt(tokenizer, problem.prompt, problem.suffix))
-  return prompts_lib.prompt_ids(problem, style, tokenizer)
+    return prompts_lib.fim_prompt_ids(tokenizer, problem.prompt, problem.suffix, cfg.fim_order)
+  return prompts_lib.prompt_ids(problem, cfg.prompt_style, tokenizer)
 
 
 def _json_line(rec: dict) -> str:

@@ -84,6 +84,18 @@ def postprocess(problem: Problem, text: str, style: str = "base") -> str:
   return truncate(text, stop_sequences(problem, style))
 
 
+def fim_prompt_ids(tokenizer, prefix: str, suffix: str, order: str = "spm") -> list[int]:
+  """Token ids asking for the middle between prefix and suffix, in the training layout.
+
+  Built by seedcoder_jax.input.fim (the pretraining FIM transform) with an empty middle, so the
+  prompt is exactly what the model saw before a middle: SPM `<fim_suffix>S<fim_prefix>P<fim_middle>`
+  or PSM `<fim_prefix>P<fim_suffix>S<fim_middle>`.
+  """
+  from seedcoder_jax.input import fim
+  tokenizer.require("fim_prefix", "fim_middle", "fim_suffix")
+  return fim.encode_parts(fim.arrange(prefix, "", suffix, order), tokenizer)
+
+
 def fim_middle_text(text: str) -> str:
   """The predicted middle of a single-line FIM sample: everything before the first newline."""
   return text.split("\n", 1)[0]
