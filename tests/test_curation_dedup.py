@@ -113,7 +113,7 @@ def test_dedup_beam_matches_pure(planted):
   from apache_beam.testing.util import assert_that, equal_to
   cfg = dedup.DedupConfig(repo_cfg=minhash.MinHashConfig(threshold=0.5, bands=32, rows=4))
   kept, rejected = dedup.dedup_records(planted, cfg)
-  with beam.Pipeline() as p:
+  with beam.Pipeline(runner="FnApiRunner") as p:  # DirectRunner would try to fetch Prism
     out = p | beam.Create(planted) | dedup.dedup_transform(cfg)
     assert_that(out["kept"] | "KeptIds" >> beam.Map(lambda r: r["id"]),
                 equal_to([r["id"] for r in kept]), label="kept")

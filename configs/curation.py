@@ -1,0 +1,131 @@
+r"""Curation (Apache Beam): raw repositories, commits and web pages -> the pre-scored corpus.
+
+  python data/curate.py --config=configs/curation.py:tiny --workdir=/tmp/cur      # a few minutes
+  python data/curate.py --config=configs/curation.py:tiny --workdir=/tmp/cur \
+      --input=~/src/repo_a --input=/data/repo_b.tar.gz --config.dedup.near.threshold=0.7
+  # on a cluster: the `full` variant plus Beam's own options, passed through unchanged
+  python data/curate.py --config=configs/curation.py:full --workdir=/mnt/curation \
+      --runner=DataflowRunner --project=my-project --region=us-central1 \
+      --temp_location=gs://my-bucket/tmp --setup_file=./setup.py   # or FlinkRunner / SparkRunner
+
+Passes (each resumable: DIR/stages/<pass>/DONE is written last, and a rerun skips finished passes):
+  filter  ingest (1) -> syntax (2) -> dedup (3: repository, exact, near), plus commits (7) and web
+          pages (8) -> DIR/stages/filter/
+  scorer  the oracle labels a sample (4) and the quality scorer trains on it (5), in the driver
+  score   every record scored, the bottom scorer.drop_fraction dropped, decontamination (9),
+          repository-level records (6) -> DIR/stages/score/
+  output  DIR/corpus/ (write_corpus: ArrayRecord + index), DIR/repo_corpus/, DIR/stats.json,
+          DIR/decontamination.jsonl, DIR/report.html + PNGs (10)
+
+Every group but `ingest` and `output` has `enabled`; a key this file does not define is refused
+before any work, naming it.
+
+Variants:
+  tiny:  18 packages of this interpreter's CPython standard library as repositories (~280 files),
+         the project's own git history for commits; a few minutes on 2 CPU cores.
+  full:  a cluster run. ingest.inputs are gs:// PLACEHOLDERS (gs://YOUR_BUCKET/...): one .tar.gz
+         per repository, e.g. GitHub's codeload tarballs; replace them (or pass --input) before
+         running. Paper-scale MinHash (256 permutations) and the scorer's full settings.
+"""
+
+import sysconfig
+
+import ml_collections
+
+# Small, real packages of CPython's standard library: each directory is one repository.
+TINY_PACKAGES = ("asyncio", "concurrent", "ctypes", "email", "html", "http", "importlib", "json",
+                 "lib2to3", "logging", "multiprocessing", "sqlite3", "tomllib", "unittest",
+                 "urllib", "wsgiref", "xml", "zoneinfo")
+
+
+def _minhash(threshold: float, num_perm: int, bands: int, rows: int) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      enabled=True,
+      num_perm=num_perm,  # signature length
+      bands=bands, rows=rows,  # LSH banding: bands * rows <= num_perm
+      threshold=threshold,  # estimated Jaccard at which two candidates are duplicates
+      shingle="word",  # word | char
+      ngram=5,  # shingle length (words or characters)
+      seed=1,  # hash permutations
+      max_bucket=1000,  # larger LSH buckets: compare with the smallest id only
+  ))
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Stage 1: one repository per input path (directory, git working tree, .tar/.tar.gz archive).
+  c.ingest = ml_collections.ConfigDict()
+  c.ingest.inputs = ()  # paths; --input=PATH on the command line replaces them
+  c.ingest.languages = ("c", "cpp", "go", "java", "javascript", "markdown", "python", "rust",
+                        "shell", "typescript")  # other files are rejected "unknown_language"
+  c.ingest.max_bytes = 1_000_000  # larger files are rejected "too_large"
+
+  # Stage 2: Tree-sitter parse; files with errors are rejected "syntax_error".
+  c.syntax = ml_collections.ConfigDict(dict(enabled=True))
+
+  # Stage 3: repository-level near dedup (MinHash over file-hash sets), then exact, then near.
+  c.dedup = ml_collections.ConfigDict()
+  c.dedup.exact = True
+  c.dedup.near = _minhash(threshold=0.8, num_perm=128, bands=16, rows=8)
+  c.dedup.repo = _minhash(threshold=0.9, num_perm=128, bands=32, rows=4)
+
+  # Stages 4-5: the LLM oracle labels a sample, the scorer learns it (helper F's modules). Off:
+  # records are scored by seedcoder_jax.input.source_files.heuristic_score (stats.json says so).
+  c.oracle = ml_collections.ConfigDict(dict(enabled=False))
+  c.scorer = ml_collections.ConfigDict(dict(
+      enabled=False,
+      drop_fraction=0.1,  # the bottom share of records by score is dropped (the paper: ~10%)
+  ))
+
+  # Stage 6: repository-level records, repositories selected by mean file score.
+  c.repo = ml_collections.ConfigDict(dict(enabled=True, min_mean_score=5.0, min_files=2, seed=0))
+
+  # Stage 7: commit records from git histories (seedcoder_jax.curation.commits.CommitsConfig).
+  c.commits = ml_collections.ConfigDict(dict(enabled=False, repos=(), max_commits=200))
+
+  # Stage 8: web pages (helper E's module; off until it lands).
+  c.web = ml_collections.ConfigDict(dict(enabled=False))
+
+  # Stage 9: n-gram overlap with evaluation benchmarks.
+  c.decontam = ml_collections.ConfigDict(dict(enabled=True, n=10, benchmarks=("humaneval",),
+                                              max_task_share=0.05))
+
+  # Stage 10: outputs.
+  c.output = ml_collections.ConfigDict(dict(
+      num_shards=1,  # ArrayRecord shards of DIR/corpus
+      report=True,  # DIR/report.html and its PNGs
+  ))
+  return c
+
+
+def tiny() -> ml_collections.ConfigDict:
+  c = base()
+  stdlib = sysconfig.get_paths()["stdlib"]
+  c.ingest.inputs = tuple(f"{stdlib}/{p}" for p in TINY_PACKAGES)
+  c.commits.enabled = True  # the project's own history (commits.repos empty = this checkout)
+  c.commits.max_commits = 40
+  return c
+
+
+def full() -> ml_collections.ConfigDict:
+  c = base()
+  # PLACEHOLDERS: replace with real archives (one .tar.gz per repository) or pass --input.
+  c.ingest.inputs = ("gs://YOUR_BUCKET/repos/000000.tar.gz", "gs://YOUR_BUCKET/repos/000001.tar.gz")
+  c.dedup.near = _minhash(threshold=0.8, num_perm=256, bands=32, rows=8)
+  c.dedup.repo = _minhash(threshold=0.9, num_perm=256, bands=64, rows=4)
+  c.commits.enabled = True
+  c.commits.repos = ("/mnt/git/REPLACE_ME",)  # PLACEHOLDER: git repositories (local paths)
+  c.commits.max_commits = 10_000
+  c.output.num_shards = 256
+  return c
+
+
+VARIANTS = {"tiny": tiny, "full": full}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown curation variant {arg!r}; choose one of {sorted(VARIANTS)}")
+  return VARIANTS[arg]()

@@ -1,0 +1,454 @@
+"""The curation pipeline: every stage chained in Apache Beam passes, resumable, fully accounted.
+
+  run(config, workdir, beam_args=()) -> stats dict
+
+Passes (configs/curation.py describes the config groups):
+
+  filter  (Beam)   ingest -> syntax -> dedup (repo, exact, near); commits and web records join
+  scorer  (driver) the oracle labels a sample and the quality scorer trains on it
+  score   (Beam)   score every record, drop the bottom scorer.drop_fraction, decontaminate, build
+                   repository-level records
+  output  (driver) DIR/corpus (write_corpus), DIR/repo_corpus, DIR/decontamination.jsonl,
+                   DIR/stats.json, DIR/report.html
+
+Each pass writes DIR/stages/<pass>/ and, last, DIR/stages/<pass>/DONE; a rerun skips passes whose
+DONE exists, and refuses a workdir made with a different config. Beam passes read and write JSON
+lines through Beam's IO, so with `--runner=DataflowRunner` (or Flink, Spark) and a gs:// workdir
+for the stages they run on a cluster unchanged; the driver steps (scorer training, the final
+write_corpus) run where data/curate.py runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Sequence
+
+from seedcoder_jax.curation import (decontam, dedup, ingest, minhash, records, repo_records,
+                                    report, stats as stats_lib, syntax)
+from seedcoder_jax.input import corpus as corpus_lib
+from seedcoder_jax.input import source_files
+
+PASSES = ("filter", "scorer", "score", "output")
+GROUPS = ("seed", "ingest", "syntax", "dedup", "oracle", "scorer", "repo", "commits", "web",
+          "decontam", "output")
+
+
+class ConfigError(ValueError):
+  """A curation config that cannot run: unknown or misspelled keys, bad values, missing inputs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The validated config: one field per stage, None where the stage is switched off."""
+  seed: int
+  inputs: tuple[str, ...]
+  ingest: ingest.IngestConfig
+  syntax: syntax.SyntaxConfig | None
+  dedup: dedup.DedupConfig | None
+  oracle: Any
+  scorer: Any
+  drop_fraction: float
+  repo: repo_records.RepoConfig | None
+  commits: Any
+  web: Any
+  decontam: decontam.DecontamConfig | None
+  num_shards: int
+  report: bool
+
+
+def _as_dict(group) -> dict:
+  return dict(group.to_dict() if hasattr(group, "to_dict") else group)
+
+
+def _fields(cls) -> set[str]:
+  return {f.name for f in dataclasses.fields(cls)}
+
+
+def _check_keys(where: str, d: dict, known: set[str]) -> None:
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ConfigError(f"unknown config key(s) {', '.join(f'{where}.{k}' for k in unknown)} "
+                      f"(known in {where}: {', '.join(sorted(known))})")
+
+
+def _build(cls, where: str, d: dict, extra: Sequence[str] = ()):
+  _check_keys(where, d, _fields(cls) | set(extra))
+  try:
+    return cls(**{k: v for k, v in d.items() if k not in extra})
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{where}: {e}") from e
+
+
+def _optional_module(name: str):
+  import importlib
+  try:
+    return importlib.import_module(f"seedcoder_jax.curation.{name}")
+  except ModuleNotFoundError as e:
+    if e.name == f"seedcoder_jax.curation.{name}":
+      return None
+    raise
+
+
+def _external(where: str, d: dict, module: str, cls_name: str, own: Sequence[str] = ("enabled",)):
+  """A stage config owned by another module (E's, F's) via its `from_dict`; None when off."""
+  enabled = bool(d.get("enabled", False))
+  mod = _optional_module(module)
+  rest = {k: v for k, v in d.items() if k not in own}
+  if mod is None:
+    if enabled:
+      raise ConfigError(f"{where}.enabled=True but seedcoder_jax.curation.{module} is not "
+                        "available in this checkout")
+    _check_keys(where, rest, set())
+    return None
+  cls = getattr(mod, cls_name)
+  try:
+    cfg = cls.from_dict(rest)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{where}: {e}") from e
+  return cfg if enabled else None
+
+
+def make_plan(config, inputs: Sequence[str] | None = None) -> Plan:
+  """Validates a curation ConfigDict (or dict) before any work; `inputs` replaces ingest.inputs."""
+  c = _as_dict(config)
+  _check_keys("config", c, set(GROUPS))
+  missing = [g for g in GROUPS if g not in c]
+  if missing:
+    raise ConfigError(f"config lacks group(s) {missing}")
+  ing = dict(c["ingest"])
+  paths = tuple(str(p) for p in (inputs if inputs else ing.pop("inputs", ())))
+  ing.pop("inputs", None)
+  ingest_cfg = _build(ingest.IngestConfig, "config.ingest", ing)
+
+  def enabled(where, d, known):
+    _check_keys(where, d, set(known) | {"enabled"})
+    return bool(d.get("enabled", True))
+
+  syn = dict(c["syntax"])
+  syntax_cfg = _build(syntax.SyntaxConfig, "config.syntax", syn, ("enabled",)) \
+      if enabled("config.syntax", syn, _fields(syntax.SyntaxConfig)) else None
+  dd = dict(c["dedup"])
+  _check_keys("config.dedup", dd, {"exact", "near", "repo"})
+  mh = {}
+  for name in ("near", "repo"):
+    g = dict(dd[name])
+    mh[name] = _build(minhash.MinHashConfig, f"config.dedup.{name}", g, ("enabled",))
+    mh[name + "_on"] = bool(g.get("enabled", True))
+  dedup_cfg = dedup.DedupConfig(exact=bool(dd["exact"]), near=mh["near_on"], repo=mh["repo_on"],
+                                near_cfg=mh["near"], repo_cfg=mh["repo"])
+  if not (dedup_cfg.exact or dedup_cfg.near or dedup_cfg.repo):
+    dedup_cfg = None
+  sc = dict(c["scorer"])
+  drop = float(sc.get("drop_fraction", 0.0))
+  if not 0.0 <= drop < 1.0:
+    raise ConfigError(f"config.scorer.drop_fraction={drop} must be in [0, 1)")
+  oracle_cfg = _external("config.oracle", dict(c["oracle"]), "oracle", "OracleConfig")
+  scorer_cfg = _external("config.scorer", sc, "scorer", "ScorerConfig", ("enabled", "drop_fraction"))
+  if scorer_cfg is not None and oracle_cfg is None:
+    raise ConfigError("config.scorer.enabled=True needs config.oracle.enabled=True (its labels)")
+  rp = dict(c["repo"])
+  repo_cfg = _build(repo_records.RepoConfig, "config.repo", rp, ("enabled",)) \
+      if enabled("config.repo", rp, _fields(repo_records.RepoConfig)) else None
+  commits_cfg = _external("config.commits", dict(c["commits"]), "commits", "CommitsConfig")
+  web_cfg = _external("config.web", dict(c["web"]), "web", "WebConfig")
+  dc = dict(c["decontam"])
+  decontam_cfg = _build(decontam.DecontamConfig, "config.decontam", dc, ("enabled",)) \
+      if enabled("config.decontam", dc, _fields(decontam.DecontamConfig)) else None
+  out = dict(c["output"])
+  _check_keys("config.output", out, {"num_shards", "report"})
+  num_shards = int(out.get("num_shards", 1))
+  if num_shards < 1:
+    raise ConfigError(f"config.output.num_shards={num_shards} must be >= 1")
+  try:
+    paths = tuple(ingest.check_inputs(paths))
+  except ingest.IngestError as e:
+    raise ConfigError(f"config.ingest.inputs: {e}") from e
+  if commits_cfg is not None:
+    mod = _optional_module("commits")
+    try:
+      mod.check_inputs(commits_cfg)
+    except FileNotFoundError as e:
+      raise ConfigError(str(e)) from e
+  return Plan(seed=int(c["seed"]), inputs=paths, ingest=ingest_cfg, syntax=syntax_cfg,
+              dedup=dedup_cfg, oracle=oracle_cfg, scorer=scorer_cfg, drop_fraction=drop,
+              repo=repo_cfg, commits=commits_cfg, web=web_cfg, decontam=decontam_cfg,
+              num_shards=num_shards, report=bool(out.get("report", True)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam helpers.
+
+def _progress(msg: str) -> None:
+  print(f"[curate] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def _count(pcoll, label: str, key_fn):
+  import apache_beam as beam
+  return (pcoll | f"{label}Key" >> beam.Map(lambda x: (key_fn(x), 1))
+          | f"{label}Sum" >> beam.CombinePerKey(sum))
+
+
+def _rejection_key(r: dict) -> str:
+  return f"rejected/{records.rejection_key(r)}"
+
+
+def _write_jsonl(pcoll, prefix: str, label: str, single: bool = False):
+  import apache_beam as beam
+  kwargs = dict(num_shards=1, shard_name_template="") if single else {}
+  return (pcoll | f"{label}Json" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False,
+                                                                     sort_keys=True))
+          | f"{label}Write" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl", **kwargs))
+
+
+def _read_jsonl(p, pattern: str, label: str):
+  import apache_beam as beam
+  return (p | f"{label}Read" >> beam.io.ReadFromText(pattern)
+          | f"{label}Parse" >> beam.Map(json.loads))
+
+
+def _finish_counts(counts: list, stage_dir: str):
+  """All (key, n) PCollections of a pass -> stage_dir/counts.jsonl."""
+  import apache_beam as beam
+  merged = (tuple(counts) | "AllCounts" >> beam.Flatten()
+            | "CountsTotal" >> beam.CombinePerKey(sum))
+  _write_jsonl(merged | "CountsList" >> beam.MapTuple(lambda k, n: [k, n]), f"{stage_dir}/counts",
+               "Counts", single=True)
+
+
+def _fs():
+  from apache_beam.io.filesystems import FileSystems
+  return FileSystems
+
+
+def _exists(path: str) -> bool:
+  return _fs().exists(path)
+
+
+def _read_lines(pattern: str) -> list[dict]:
+  fs = _fs()
+  out = []
+  for m in sorted((md.path for r in fs.match([pattern]) for md in r.metadata_list)):
+    with fs.open(m, compression_type="uncompressed") as f:
+      out.extend(json.loads(line) for line in f.read().decode("utf-8").splitlines() if line)
+  return out
+
+
+def _write_text(path: str, text: str) -> None:
+  with _fs().create(path) as f:
+    f.write(text.encode("utf-8"))
+
+
+def read_counts(stage_dir: str) -> dict[str, int]:
+  return dict(sorted((k, int(n)) for k, n in _read_lines(f"{stage_dir}/counts.jsonl")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Passes.
+
+def _filter_pass(p, plan: Plan, stage_dir: str) -> None:
+  import apache_beam as beam
+  counts, rejected, kept = [], [], []
+  files = p | "Ingest" >> ingest.ingest_transform(list(plan.inputs), plan.ingest)
+  all_inputs = (files["kept"], files[records.REJECTED]) | "IngestAll" >> beam.Flatten()
+  counts.append(_count(all_inputs, "InputFiles", lambda _: "input/files"))
+  counts.append(_count(files["kept"], "IngestLang", lambda r: f"stage/ingest/kept/{r['language']}"))
+  rejected.append(files[records.REJECTED])
+  recs = files["kept"]
+  if plan.syntax is not None:
+    out = recs | "Syntax" >> syntax.syntax_transform(plan.syntax)
+    recs = out["kept"]
+    rejected.append(out[records.REJECTED])
+    counts.append(_count(recs, "SyntaxKind", lambda r: f"stage/syntax/{r['syntax']}/{r['language']}"))
+  if plan.dedup is not None:
+    out = recs | "Dedup" >> dedup.dedup_transform(plan.dedup)
+    recs = out["kept"]
+    rejected.append(out[records.REJECTED])
+  kept.append(recs)
+  for name, mod_name, cls_name, cfg in (("commits", "commits", "CommitRecords", plan.commits),
+                                        ("web", "web", "WebRecords", plan.web)):
+    if cfg is None:
+      continue
+    transform = getattr(_optional_module(mod_name), cls_name)(cfg)
+    out = p | name.capitalize() >> transform
+    both = (out["kept"], out[records.REJECTED]) | f"{name}All" >> beam.Flatten()
+    counts.append(_count(both, f"Input{name}", lambda _, n=name: f"input/{n}"))
+    kept.append(out["kept"])
+    rejected.append(out[records.REJECTED])
+  kept = tuple(kept) | "Kept" >> beam.Flatten()
+  rejected = tuple(rejected) | "Rejected" >> beam.Flatten()
+  counts.append(_count(kept, "KeptKind", lambda r: f"kept/{r['kind']}"))
+  counts.append(_count(rejected, "RejectedKey", _rejection_key))
+  _write_jsonl(kept, f"{stage_dir}/records", "Records")
+  _write_jsonl(rejected, f"{stage_dir}/rejected", "Rejections")
+  _finish_counts(counts, stage_dir)
+
+
+def _scorer_step(plan: Plan, workdir: str) -> dict:
+  """The oracle + scorer step (driver). Returns how records are scored in the next pass."""
+  if plan.scorer is None:
+    return {"score_source": "heuristic", "score": source_files.SCORE_DESCRIPTION}
+  raise ConfigError("config.scorer.enabled=True: the scorer module is not wired in yet")
+
+
+def _score_pass(p, plan: Plan, workdir: str, scoring: dict, index: dict | None) -> None:
+  import apache_beam as beam
+  from apache_beam.transforms.stats import ApproximateQuantiles
+  stage_dir = f"{workdir}/stages/score"
+  counts, rejected = [], []
+  recs = _read_jsonl(p, f"{workdir}/stages/filter/records*.jsonl", "Filtered")
+  scored = recs | "Score" >> beam.Map(
+      lambda r: {**r, "score": float(source_files.heuristic_score(r["text"]))})
+  if plan.drop_fraction > 0:
+    q = int(round(plan.drop_fraction * 1000))
+    threshold = (scored | "Scores" >> beam.Map(lambda r: r["score"])
+                 | "Quantiles" >> ApproximateQuantiles.Globally(1001)
+                 | "Threshold" >> beam.Map(lambda qs: float(qs[q]) if qs else 0.0))
+
+    def drop(r, thr):
+      if r["score"] < thr:
+        return records.tagged_rejection(records.reject(
+            r, "score", "low_score", f"{r['score']:.3f} < {thr:.3f} (bottom {plan.drop_fraction:g})"))
+      return r
+
+    out = scored | "DropLow" >> beam.Map(drop, beam.pvalue.AsSingleton(threshold)).with_outputs(
+        records.REJECTED, main="kept")
+    scored = out["kept"]
+    rejected.append(out[records.REJECTED])
+    counts.append(threshold | "ThresholdKey" >> beam.Map(
+        lambda t: (f"stage/score/threshold_x1000", int(round(t * 1000)))))
+  if plan.decontam is not None:
+    out = scored | "Decontam" >> decontam.decontam_transform(plan.decontam, index)
+    scored = out["kept"]
+    rejected.append(out[records.REJECTED])
+    _write_jsonl(out["matches"], f"{stage_dir}/decontamination", "Matches", single=True)
+  if plan.repo is not None:
+    out = scored | "Repo" >> repo_records.repo_records_transform(plan.repo)
+    _write_jsonl(out["repos"], f"{stage_dir}/repo_records", "RepoRecords")
+    counts.append(_count(out["outcome"], "RepoOutcome", lambda why: f"stage/repo/{why}"))
+  counts.append(_count(scored, "KeptKind", lambda r: f"kept/{r['kind']}"))
+  if rejected:
+    rejected = tuple(rejected) | "Rejected" >> beam.Flatten()
+    counts.append(_count(rejected, "RejectedKey", _rejection_key))
+    _write_jsonl(rejected, f"{stage_dir}/rejected", "Rejections")
+  _write_jsonl(scored, f"{stage_dir}/records", "Records")
+  _finish_counts(counts, stage_dir)
+
+
+def beam_options(beam_args: Sequence[str] = ()):
+  """PipelineOptions from pass-through flags; without --runner, the in-process FnApiRunner.
+
+  Beam 2.77's DirectRunner first tries the Prism runner, which downloads a binary from GitHub:
+  offline that costs a failed fetch per pass before it falls back to FnApiRunner anyway.
+  """
+  from apache_beam.options.pipeline_options import PipelineOptions
+  args = list(beam_args)
+  if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+    args.append("--runner=FnApiRunner")
+  return PipelineOptions(args)
+
+
+def _run_beam(name: str, build, beam_args: Sequence[str]) -> float:
+  import apache_beam as beam
+  t0 = time.time()
+  with beam.Pipeline(options=beam_options(beam_args)) as p:
+    build(p)
+  return time.time() - t0
+
+
+def _output_step(plan: Plan, workdir: str, scoring: dict, pass_counts: dict) -> dict:
+  wd = pathlib.Path(workdir)
+  recs = sorted(_read_lines(f"{workdir}/stages/score/records*.jsonl"), key=lambda r: r["id"])
+  meta = {"score_kind": scoring["score_source"], "score": scoring["score"],
+          "made_by": "data/curate.py (seedcoder_jax.curation.pipeline)"}
+  outputs = {}
+  if recs:
+    m = corpus_lib.write_corpus(recs, wd / "corpus", num_shards=plan.num_shards, metadata=meta,
+                                overwrite=True)
+    outputs["corpus"] = {"path": str(wd / "corpus"), "records": m["num_records"]}
+  repos = sorted(_read_lines(f"{workdir}/stages/score/repo_records*.jsonl"), key=lambda r: r["id"])
+  if repos:
+    m = corpus_lib.write_corpus(repos, wd / "repo_corpus", metadata=meta, overwrite=True)
+    outputs["repo_corpus"] = {"path": str(wd / "repo_corpus"), "records": m["num_records"]}
+  matches = sorted(_read_lines(f"{workdir}/stages/score/decontamination*.jsonl"),
+                   key=lambda m: m["id"])
+  (wd / "decontamination.jsonl").write_text(
+      "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in matches), encoding="utf-8")
+  languages: dict[str, int] = {}
+  for r in recs:
+    languages[r["language"]] = languages.get(r["language"], 0) + 1
+  stats = stats_lib.build_stats(
+      {"filter": pass_counts["filter"], "score": pass_counts["score"]},
+      extra={"score_source": scoring["score_source"], "kept_by_language": languages,
+             "repo_records": len(repos), "decontamination_matches": len(matches),
+             "outputs": outputs})
+  if len(recs) != stats["kept"]:
+    raise stats_lib.AccountingError(f"{len(recs)} records read back for the corpus, but the "
+                                    f"score pass counted {stats['kept']} kept")
+  (wd / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=False) + "\n")
+  if plan.report:
+    report.write_report(wd, stats, [r["score"] for r in recs], languages, matches)
+  return stats
+
+
+def _snapshot(config) -> str:
+  return json.dumps(_as_dict(config) if not hasattr(config, "to_json") else json.loads(
+      config.to_json()), sort_keys=True, indent=1, default=str)
+
+
+def run(config, workdir: str, *, inputs: Sequence[str] | None = None,
+        beam_args: Sequence[str] = ()) -> dict:
+  """Runs (or resumes) the curation into `workdir`; returns the stats.json dict."""
+  plan = make_plan(config, inputs)
+  wd = pathlib.Path(workdir)
+  wd.mkdir(parents=True, exist_ok=True)
+  snap = json.dumps({"config": json.loads(_snapshot(config)), "inputs": list(plan.inputs)},
+                    sort_keys=True, indent=1)
+  snap_path = wd / "config.json"
+  if snap_path.exists() and snap_path.read_text() != snap:
+    raise ConfigError(f"{wd} was curated with a different config or inputs ({snap_path}); use a "
+                      f"new --workdir, or delete {wd / 'stages'} to start over")
+  snap_path.write_text(snap)
+  stages = wd / "stages"
+  index = decontam.benchmark_index(plan.decontam) if plan.decontam is not None else None
+
+  def done(name):
+    return stages / name / "DONE"
+
+  if not done("filter").exists():
+    _progress(f"pass filter: {len(plan.inputs)} input path(s)")
+    secs = _run_beam("filter", lambda p: _filter_pass(p, plan, str(stages / "filter")), beam_args)
+    c = read_counts(str(stages / "filter"))
+    stats_lib.check_pass("filter", c, sum(v for k, v in c.items() if k.startswith("input/")))
+    done("filter").write_text(json.dumps({"seconds": secs}) + "\n")
+    _progress(f"pass filter done in {secs:.1f}s: " + json.dumps(
+        {k: v for k, v in c.items() if not k.startswith("stage/")}))
+  else:
+    _progress("pass filter: already done, skipped")
+  if not done("scorer").exists():
+    _progress("step scorer")
+    scoring = _scorer_step(plan, workdir)
+    (stages / "scorer").mkdir(parents=True, exist_ok=True)
+    (stages / "scorer" / "scoring.json").write_text(json.dumps(scoring, indent=1) + "\n")
+    done("scorer").write_text("{}\n")
+  scoring = json.loads((stages / "scorer" / "scoring.json").read_text())
+  if not done("score").exists():
+    _progress(f"pass score ({scoring['score_source']} scores)")
+    secs = _run_beam("score", lambda p: _score_pass(p, plan, str(wd), scoring, index), beam_args)
+    done("score").write_text(json.dumps({"seconds": secs}) + "\n")
+    _progress(f"pass score done in {secs:.1f}s")
+  else:
+    _progress("pass score: already done, skipped")
+  counts = {"filter": read_counts(str(stages / "filter")), "score": read_counts(str(stages / "score"))}
+  if not done("output").exists():
+    stats = _output_step(plan, str(wd), scoring, counts)
+    (stages / "output").mkdir(parents=True, exist_ok=True)
+    done("output").write_text("{}\n")
+  else:
+    stats = json.loads((wd / "stats.json").read_text())
+  _progress(f"done: {stats['input']} inputs -> {stats['kept']} kept, "
+            f"{sum(stats['rejected'].values())} rejected; corpus in {wd / 'corpus'}")
+  return stats
