@@ -22,7 +22,8 @@ before any work, naming it.
 
 Variants:
   tiny:  18 packages of this interpreter's CPython standard library as repositories (~280 files),
-         the project's own git history for commits; a few minutes on 2 CPU cores.
+         the project's own git history for commits, the HTML docs of the pygame wheel for web
+         pages; a few minutes on 2 CPU cores.
   full:  a cluster run. ingest.inputs are gs:// PLACEHOLDERS (gs://YOUR_BUCKET/...): one .tar.gz
          per repository, e.g. GitHub's codeload tarballs; replace them (or pass --input) before
          running. Paper-scale MinHash (256 permutations) and the scorer's full settings.
@@ -85,8 +86,10 @@ def base() -> ml_collections.ConfigDict:
   # Stage 7: commit records from git histories (seedcoder_jax.curation.commits.CommitsConfig).
   c.commits = ml_collections.ConfigDict(dict(enabled=False, repos=(), max_commits=200))
 
-  # Stage 8: web pages (helper E's module; off until it lands).
-  c.web = ml_collections.ConfigDict(dict(enabled=False))
+  # Stage 8: code-related web pages (seedcoder_jax.curation.web.WebConfig); inputs empty = the
+  # HTML documentation shipped in the pygame wheel.
+  c.web = ml_collections.ConfigDict(dict(enabled=False, inputs=(), min_chars=200,
+                                         use_classifier=True, classifier_threshold=0.5))
 
   # Stage 9: n-gram overlap with evaluation benchmarks.
   c.decontam = ml_collections.ConfigDict(dict(enabled=True, n=10, benchmarks=("humaneval",),
@@ -106,6 +109,7 @@ def tiny() -> ml_collections.ConfigDict:
   c.ingest.inputs = tuple(f"{stdlib}/{p}" for p in TINY_PACKAGES)
   c.commits.enabled = True  # the project's own history (commits.repos empty = this checkout)
   c.commits.max_commits = 40
+  c.web.enabled = True  # pygame's HTML docs (~80 pages)
   return c
 
 
@@ -118,6 +122,8 @@ def full() -> ml_collections.ConfigDict:
   c.commits.enabled = True
   c.commits.repos = ("/mnt/git/REPLACE_ME",)  # PLACEHOLDER: git repositories (local paths)
   c.commits.max_commits = 10_000
+  c.web.enabled = True
+  c.web.inputs = ("/mnt/warc/REPLACE_ME",)  # PLACEHOLDER: WARC files or directories (local paths)
   c.output.num_shards = 256
   return c
 

@@ -167,12 +167,12 @@ def make_plan(config, inputs: Sequence[str] | None = None) -> Plan:
     paths = tuple(ingest.check_inputs(paths))
   except ingest.IngestError as e:
     raise ConfigError(f"config.ingest.inputs: {e}") from e
-  if commits_cfg is not None:
-    mod = _optional_module("commits")
-    try:
-      mod.check_inputs(commits_cfg)
-    except FileNotFoundError as e:
-      raise ConfigError(str(e)) from e
+  for name, cfg in (("commits", commits_cfg), ("web", web_cfg)):
+    if cfg is not None:
+      try:
+        _optional_module(name).check_inputs(cfg)
+      except FileNotFoundError as e:
+        raise ConfigError(f"config.{name}: {e}") from e
   return Plan(seed=int(c["seed"]), inputs=paths, ingest=ingest_cfg, syntax=syntax_cfg,
               dedup=dedup_cfg, oracle=oracle_cfg, scorer=scorer_cfg, drop_fraction=drop,
               repo=repo_cfg, commits=commits_cfg, web=web_cfg, decontam=decontam_cfg,
