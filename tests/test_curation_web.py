@@ -144,7 +144,7 @@ def test_config():
   with pytest.raises(ValueError, match=r"missing categories \['other'\]"):
     WebConfig(thresholds={"qa": 1, "tutorial": 2, "documentation": 3})
   with pytest.raises(FileNotFoundError, match="/no/such.warc"):
-    web.WebRecords(WebConfig(inputs=("/no/such.warc",)), classifier=object())
+    web.WebRecords(WebConfig(inputs=("/no/such.warc",)), classifier=None)
 
 
 def _real_pages():
@@ -176,7 +176,7 @@ def test_classifier_precision_recall_on_held_out_pages(classifier):
   assert precision >= 0.95 and recall >= 0.6, (precision, recall)
 
 
-def test_classifier_numpy_matches_jax(classifier):
+def test_classifier_numpy_matches_jax_and_reloads(classifier, tmp_path):
   import jax.numpy as jnp
   ids, mask = web_classifier.pad_features(["def f(x): return x", "a walk by the river"],
                                           classifier.cfg)
@@ -184,6 +184,11 @@ def test_classifier_numpy_matches_jax(classifier):
   z_jax = web_classifier.logits({k: jnp.asarray(v) for k, v in classifier.params.items()},
                                 jnp.asarray(ids), jnp.asarray(mask), xp=jnp)
   np.testing.assert_allclose(z_np, np.asarray(z_jax), rtol=1e-5, atol=1e-6)
+  classifier.save(str(tmp_path / "clf.npz"))
+  again = web_classifier.CodePageClassifier.load(str(tmp_path / "clf.npz"))
+  assert again.cfg == classifier.cfg
+  np.testing.assert_array_equal(again.predict_proba([PROSE, PAGE]),
+                                classifier.predict_proba([PROSE, PAGE]))
 
 
 def test_beam_transform(tmp_path, classifier):

@@ -38,6 +38,7 @@ import math
 import os
 import pathlib
 import re
+import tempfile
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -89,6 +90,9 @@ class WebConfig:
     thresholds: category -> minimum LLM rating (0-10) kept; every category of CATEGORIES needed.
     max_rate_chars: the text given to the rater is cut to this many characters.
     rate_batch_size: pages per `rate` call.
+    model_path: where WebRecords writes the trained classifier for its workers to load ("" = a
+      temporary local file: fine on the DirectRunner; give a shared path, e.g. gs://, on
+      distributed runners).
   """
   inputs: tuple[str, ...] = ()
   min_chars: int = 200
@@ -100,6 +104,7 @@ class WebConfig:
                                               ("documentation", 4.0), ("other", 6.0))
   max_rate_chars: int = 6000
   rate_batch_size: int = 16
+  model_path: str = ""
 
   def __post_init__(self):
     object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
@@ -318,29 +323,50 @@ def _split(r: dict):
   return beam.pvalue.TaggedOutput(records.REJECTED, r) if "stage" in r else r
 
 
+class _ProcessPage(beam.DoFn):
+  """process_page with the classifier loaded once per worker from a file: pickling its 4 MB of
+  parameters into the DoFn made Beam's graph serialisation take ~20 s on this machine."""
+
+  def __init__(self, cfg: WebConfig, model_path: str | None):
+    self.cfg, self.model_path = cfg, model_path
+
+  def setup(self):
+    self.clf = (web_classifier.CodePageClassifier.load(self.model_path)
+                if self.model_path else None)
+
+  def process(self, page):
+    yield _split(process_page(page, self.cfg, self.clf))
+
+
 class WebRecords(beam.PTransform):
   """PBegin -> {"kept": web records, "rejected": rejections}; inputs come from the config.
 
   `rate` (picklable, list[str] -> scores on 0-10 or None) is called once per batch of
   `rate_batch_size` pages; the classifier is trained here, in the driver, before the pipeline
-  runs, unless one is given. Missing input paths are refused at construction.
+  runs, unless one is given, and saved to `cfg.model_path` for the workers. Missing input paths
+  are refused at construction.
   """
 
   def __init__(self, cfg: WebConfig, rate: Rater | None = None, classifier=None):
     super().__init__()
     check_inputs(cfg)
     self.cfg, self.rate = cfg, rate
-    self.classifier = classifier if classifier is not None else build_classifier(cfg)
+    clf = classifier if classifier is not None else build_classifier(cfg)
+    self.model_path = None
+    if clf is not None and cfg.use_classifier:
+      self.model_path = cfg.model_path or os.path.join(
+          tempfile.mkdtemp(prefix="web_classifier_"), "classifier.npz")
+      clf.save(self.model_path)
 
   def expand(self, pbegin):
-    cfg, rate, clf = self.cfg, self.rate, self.classifier
+    cfg, rate = self.cfg, self.rate
     pages = (pbegin
              | "Files" >> beam.Create(input_files(cfg.input_paths()))
              | "Read" >> beam.FlatMapTuple(lambda path, name: (_split(p) for p in read_pages(path, name)))
              .with_outputs(records.REJECTED, main="pages"))
     processed = (pages.pages
                  | "Spread" >> beam.Reshuffle()
-                 | "Extract" >> beam.Map(lambda p: _split(process_page(p, cfg, clf)))
+                 | "Extract" >> beam.ParDo(_ProcessPage(cfg, self.model_path))
                  .with_outputs(records.REJECTED, main="kept"))
     rated = (processed.kept
              | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=cfg.rate_batch_size)

@@ -17,6 +17,8 @@ features computed in a Beam worker match the ones the model was trained on.
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import pathlib
 import re
 import zlib
@@ -98,6 +100,22 @@ class CodePageClassifier:
       out.append((p[:, 1] / p.sum(1)).astype(np.float32))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
+  def save(self, path: str) -> None:
+    """Writes params + config as one .npz (local or any Beam filesystem path, e.g. gs://)."""
+    from apache_beam.io.filesystems import FileSystems
+    buf = io.BytesIO()
+    np.savez(buf, config=np.array(json.dumps(dataclasses.asdict(self.cfg))), **self.params)
+    with FileSystems.create(path) as f:
+      f.write(buf.getvalue())
+
+  @classmethod
+  def load(cls, path: str) -> "CodePageClassifier":
+    from apache_beam.io.filesystems import FileSystems
+    with FileSystems.open(path) as f:
+      z = np.load(io.BytesIO(f.read()))
+    cfg = ClassifierConfig(**json.loads(str(z["config"])))
+    return cls({k: z[k] for k in ("embed", "w", "b")}, cfg)
+
 
 def train(texts: Sequence[str], labels: Sequence[int], cfg: ClassifierConfig = ClassifierConfig()
           ) -> CodePageClassifier:
@@ -126,15 +144,16 @@ def train(texts: Sequence[str], labels: Sequence[int], cfg: ClassifierConfig = C
     ce_N = optax.softmax_cross_entropy_with_integer_labels(z_N2, y_N)
     return (ce_N * w_N).sum() / w_N.sum()
 
-  @jax.jit
-  def step(p, s):
+  def step(carry, _):
+    p, s = carry
     loss, g = jax.value_and_grad(loss_fn)(p)
     updates, s = opt.update(g, s, p)
-    return optax.apply_updates(p, updates), s, loss
+    return (optax.apply_updates(p, updates), s), loss
 
-  state = opt.init(params)
-  for _ in range(cfg.epochs):
-    params, state, loss = step(params, state)
+  # One compiled scan over all epochs: compiling dominates on seed-sized data.
+  run = jax.jit(lambda p, s: jax.lax.scan(step, (p, s), None, length=cfg.epochs))
+  (params, _), losses = run(params, opt.init(params))
+  loss = losses[-1]
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f"classifier training diverged (loss {float(loss)}); lower lr={cfg.lr}")
   return CodePageClassifier({k: np.asarray(v) for k, v in params.items()}, cfg)
