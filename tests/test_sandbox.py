@@ -139,10 +139,11 @@ def test_writes_outside_the_sandbox_change_nothing(tmp_path):
   victim = tmp_path / "victim.txt"
   victim.write_text("original")
   host_tmp = pathlib.Path("/tmp") / f"{marker}.escape"
+  outside = [str(victim), f"/usr/{marker}", f"/etc/{marker}", "/etc/passwd",
+             f"/{marker}", f"/dev/{marker}", f"/root/{marker}"]
   r = _run(f"""
       import os
-      for path in [{str(victim)!r}, {str(host_tmp)!r}, "/usr/{marker}", "/etc/{marker}",
-                   os.path.expanduser("~/../{marker}")]:
+      for path in {outside + [str(host_tmp)]!r}:
         try:
           with open(path, "w") as f:
             f.write("pwned")
@@ -154,12 +155,27 @@ def test_writes_outside_the_sandbox_change_nothing(tmp_path):
       print("scratch", open("scratch.txt").read(), os.getcwd())
       """, marker)
   assert r.status == "ok", r
+  assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("denied")] == \
+      outside, r.stdout
   assert victim.read_text() == "original"
-  assert not host_tmp.exists()
-  assert not pathlib.Path(f"/usr/{marker}").exists()
-  assert "scratch fine /tmp" in r.stdout
-  # Writes that "succeed" land in the private tmpfs (its /tmp), which vanished with the run.
-  assert f"wrote {victim}" not in r.stdout  # the test's tmp_path is not even visible
+  assert not host_tmp.exists() and not pathlib.Path(f"/usr/{marker}").exists()
+  # The sandbox's /tmp is its private tmpfs: the write succeeded there and vanished with the run.
+  assert f"wrote {host_tmp}" in r.stdout and "scratch fine /tmp" in r.stdout
+
+
+@needs_bwrap
+def test_private_tmpfs_is_capped():
+  marker = _marker()
+  r = _run("""
+      import errno
+      try:
+        with open("fill.bin", "wb") as f:
+          for _ in range(64):
+            f.write(b"x" * (1 << 20))
+      except OSError as e:
+        print(errno.errorcode[e.errno])
+      """, marker, disk_mb=8, max_file_mb=128)
+  assert r.status == "ok" and r.stdout == "ENOSPC\n", r
 
 
 @needs_bwrap

@@ -33,6 +33,7 @@ _LOCK_DIR = "/tmp/seedcoder-sandbox-uids"
 # Inside the sandbox the program sees itself as nobody.
 SANDBOX_UID = 65534
 WORKDIR = "/tmp"
+_SHM_BYTES = 16 << 20
 
 # The /etc entries programs and toolchains read (dynamic loader, users, Java's config and
 # alternatives links); the rest of /etc stays invisible.
@@ -135,14 +136,18 @@ def bwrap_argv(*, dirs=(), files=(), host_workdir=None, tmpfs_bytes):
   argv += _root_symlinks() + _etc_binds()
   for path in dirs:
     argv += ["--ro-bind", path, path]
-  argv += ["--proc", "/proc", "--dev", "/dev"]
+  # /dev and the root are bwrap's own tmpfs, writable by the sandbox uid and as large as half the
+  # host's RAM: both become read-only; /dev/shm (POSIX semaphores, multiprocessing) gets a capped
+  # tmpfs of its own.
+  argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(min(tmpfs_bytes, _SHM_BYTES)),
+           "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
   if host_workdir is not None:
     argv += ["--bind", host_workdir, WORKDIR]
   else:
     argv += ["--size", str(tmpfs_bytes), "--tmpfs", WORKDIR]
   for fd, path, mode in files:
     argv += ["--perms", f"{mode:o}", "--file", str(fd), path]
-  argv += ["--chdir", WORKDIR, "--clearenv"]
+  argv += ["--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
   for key, value in sandbox_env(WORKDIR).items():
     argv += ["--setenv", key, value]
   return argv + ["--"]
@@ -161,7 +166,12 @@ def prlimit_argv(*, cpu_s, address_space_bytes, file_bytes, max_procs, max_files
 
 @contextlib.contextmanager
 def lease_uid():
-  """Yields a host uid no other sandbox run (thread or process) holds, or None when not root."""
+  """Yields a host uid no other sandbox run (thread or process) holds, or None when not root.
+
+  The caller kills the uid's processes when its run ends (process.execute does, on every path).
+  The lock file records whether the holder got that far: a holder that died mid-run leaves it
+  "dirty", and the next holder kills that uid's leftovers before using it.
+  """
   if not is_root():
     yield None
     return
@@ -169,15 +179,18 @@ def lease_uid():
   start = os.getpid() * 7 % UID_COUNT  # spread processes over the range, fewer collisions.
   for i in range(UID_COUNT):
     uid = UID_BASE + (start + i) % UID_COUNT
-    fd = os.open(os.path.join(_LOCK_DIR, str(uid)), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(_LOCK_DIR, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       os.close(fd)
       continue
     try:
-      kill_uid(uid)  # a previous holder that crashed mid-run may have left processes.
+      if os.pread(fd, 1, 0) != b"0":
+        kill_uid(uid)
+      os.pwrite(fd, b"1", 0)
       yield uid
+      os.pwrite(fd, b"0", 0)  # not reached when the run raised: the next holder cleans up.
     finally:
       os.close(fd)
     return
@@ -188,14 +201,25 @@ def kill_uid(uid):
   """SIGKILLs every process owned by uid: kill(-1) from a helper that runs as that uid.
 
   kill(-1) walks the task list under the kernel's tasklist lock, so a fork bomb cannot outrun it,
-  and it spares only the caller. The helper refuses to signal as root (kill -1 as root would hit
-  the whole machine); Popen's user= fails before exec if setuid fails.
+  and it spares only the caller. kill -1 as root would hit the whole machine: uid 0 is refused
+  here, and Popen's user= fails before exec when setuid fails.
   """
-  if uid is None or uid == 0:
+  if uid is None or uid <= 0:
     raise ValueError(f"refusing to kill all processes of uid {uid!r}")
-  subprocess.run(["/bin/sh", "-c", 'test "$(id -u)" = "$0" && kill -9 -1; exit 0', str(uid)],
-                 user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL,
+  kill = _kill_binary()
+  argv = ([kill, "-9", "-1"] if kill else
+          ["/bin/sh", "-c", 'test "$(id -u)" = "$0" && kill -9 -1; exit 0', str(uid)])
+  subprocess.run(argv, user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+@functools.cache
+def _kill_binary():
+  """procps' or util-linux's kill(1): one exec instead of a shell (runs after every run)."""
+  for path in ("/usr/bin/kill", "/bin/kill"):
+    if os.access(path, os.X_OK):
+      return path
+  return None
 
 
 def uid_processes(uid):

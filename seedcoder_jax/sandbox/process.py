@@ -1,6 +1,7 @@
 """Runs one wrapped command: feeds stdin, caps output, enforces the wall clock, kills the tree."""
 
 import dataclasses
+import fcntl
 import os
 import selectors
 import signal
@@ -32,8 +33,14 @@ class RawRun:
 
 
 def memfd(name, data):
-  """An in-memory file holding data, positioned at 0 (for stdin and bwrap's --file)."""
-  fd = os.memfd_create(name, os.MFD_CLOEXEC)
+  """An in-memory file holding data, positioned at 0 (for stdin and bwrap's --file).
+
+  Its number is at least 10: the shell wrapper inside the sandbox uses fd 9 for itself, and dash
+  cannot name fds above 9, so no inherited fd may land there.
+  """
+  low = os.memfd_create(name, os.MFD_CLOEXEC)
+  fd = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 10)
+  os.close(low)
   view = memoryview(data)
   while view:
     view = view[os.write(fd, view):]
