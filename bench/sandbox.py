@@ -29,7 +29,8 @@ PROGRAMS = {
     "cpp": ("#include <iostream>\n#include <string>\nint add(int a, int b) { return a + b; }\n"
             "int main() { std::string s; std::cin >> s; if (add(2, 3) != 5) return 1;"
             " std::cout << s << std::endl; }\n"),
-    "java": ("import java.util.*;\nclass Problem {\n  static int add(int a, int b) { return a + b; }\n"
+    "java": ("import java.util.*;\nclass Problem {\n"
+             "  static int add(int a, int b) { return a + b; }\n"
              "  public static void main(String[] x) { String s = new Scanner(System.in).next();\n"
              "    assert add(2, 3) == 5; System.out.println(s); }\n}\n"),
     "javascript": ("const add = (a, b) => a + b;\nrequire('assert').equal(add(2, 3), 5);\n"

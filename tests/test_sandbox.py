@@ -334,6 +334,34 @@ def test_rlimits_fallback_still_limits_and_cleans_up(private_tempdir, monkeypatc
   assert list(private_tempdir.iterdir()) == []  # every work dir was removed
 
 
+def test_auto_falls_back_to_rlimits_when_bwrap_cannot_start(monkeypatch):
+  monkeypatch.setattr(isolation, "bwrap_path", lambda: "/nonexistent/bwrap")
+  isolation.bwrap_works.cache_clear()
+  try:
+    assert sandbox.resolve_isolation("auto") == "rlimits"
+    with pytest.raises(ValueError, match="bwrap.*cannot run here.*nonexistent"):
+      sandbox.resolve_isolation("bwrap")
+    r = sandbox.run_code("print('fallback')", timeout_s=5, isolation="auto")
+    assert (r.status, r.stdout, r.isolation) == ("ok", "fallback\n", "rlimits")
+  finally:
+    isolation.bwrap_works.cache_clear()
+
+
+@pytest.mark.skipif(not isolation.is_root(), reason="the fallback's process limit needs root")
+def test_rlimits_fallback_contains_a_fork_bomb(private_tempdir):
+  marker = _marker()
+  r = _run("""
+      import os
+      while True:
+        try:
+          os.fork()
+        except OSError:
+          pass
+      """, marker, timeout_s=1.5, max_procs=32, isolation="rlimits")
+  assert (r.status, r.isolation) == ("timeout", "rlimits")
+  assert list(private_tempdir.iterdir()) == []
+
+
 @pytest.mark.skipif(not isolation.is_root(), reason="per-run sandbox uids need root")
 def test_pool_runs_many_in_parallel_and_leaves_nothing(private_tempdir):
   marker = _marker()
@@ -430,3 +458,57 @@ def test_cpp_memory_and_signal_ignoring_loop():
            " volatile unsigned long x = 0; for (;;) ++x; }\n", marker, language="cpp",
            timeout_s=1.0)
   assert r.status == "timeout", r
+
+
+# ---------------------------------------------------------------- slow: managed runtimes, stress
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("language, source", [
+    pytest.param("javascript", "const a = [];\nwhile (true) a.push(new Array(1e6).fill(1.5));\n",
+                 marks=_needs("javascript")),
+    pytest.param("java", "import java.util.*;\nclass Main { public static void main(String[] x) {"
+                 " List<long[]> l = new ArrayList<>();\n"
+                 " while (true) l.add(new long[1 << 20]); } }\n",
+                 marks=_needs("java")),
+])
+def test_managed_runtimes_hit_their_heap_limit(language, source):
+  r = sandbox.run_code(source, language=language, timeout_s=20, memory_mb=128)
+  assert r.status == "memory", r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("language, source", [
+    pytest.param("javascript", "while (true) {}\n", marks=_needs("javascript")),
+    pytest.param("java", "class Main { public static void main(String[] x) { while (true) {} } }\n",
+                 marks=_needs("java")),
+])
+def test_managed_runtimes_time_out(language, source):
+  marker = _marker()
+  r = _run(source, marker, language=language, timeout_s=2.0)
+  assert r.status == "timeout" and r.wall_s < 5, r
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not isolation.is_root(), reason="per-run sandbox uids need root")
+def test_stress_many_forking_runs_never_fail_to_fork(private_tempdir):
+  marker = _marker()
+  # 40 forked children alive at once per run, 8 runs at a time: one shared uid with a process
+  # limit of 64 made runs fail to fork (DESIGN.md pitfalls); a uid per run must never.
+  source = textwrap.dedent("""
+      import os, sys, time
+      kids = []
+      for _ in range(40):
+        pid = os.fork()
+        if pid == 0:
+          time.sleep(0.2)
+          os._exit(0)
+        kids.append(pid)
+      print(sum(os.waitpid(p, 0)[1] for p in kids))
+      """)
+  jobs = [{"source": source, "argv": [marker]} for _ in range(64)]
+  results = sandbox.run_many(jobs, workers=8, timeout_s=30, max_procs=64)
+  assert [(r.status, r.stdout) for r in results] == [("ok", "0\n")] * 64, \
+      [r for r in results if r.status != "ok"][:2]
+  assert _survivors(marker) == []
+  assert list(private_tempdir.iterdir()) == []

@@ -130,7 +130,10 @@ def bwrap_argv(*, dirs=(), files=(), host_workdir=None, tmpfs_bytes):
   Returns:
     argv list, to be followed by the command.
   """
-  argv = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session",
+  # --unshare-all only tries a user namespace; ask for one outright, and forbid nested ones (less
+  # kernel surface for the program).
+  argv = [bwrap_path(), "--unshare-all", "--unshare-user", "--disable-userns",
+          "--die-with-parent", "--new-session",
           "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
           "--ro-bind", "/usr", "/usr"]
   argv += _root_symlinks() + _etc_binds()
