@@ -109,7 +109,8 @@ class WebConfig:
   def __post_init__(self):
     object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
     t = self.thresholds
-    t = tuple(sorted((dict(t) if isinstance(t, dict) else dict(t)).items()))
+    t = t.to_dict() if hasattr(t, "to_dict") else t  # an ml_collections ConfigDict group
+    t = tuple(sorted(dict(t).items()))
     missing = sorted(set(CATEGORIES) - {c for c, _ in t})
     unknown = sorted({c for c, _ in t} - set(CATEGORIES))
     if missing or unknown:
@@ -134,8 +135,6 @@ class WebConfig:
                        f"(known: {', '.join(f.name for f in dataclasses.fields(cls))})")
     if isinstance(d.get("inputs"), (str, os.PathLike)):
       d["inputs"] = (d["inputs"],)
-    if isinstance(d.get("thresholds"), dict):
-      d["thresholds"] = tuple(d["thresholds"].items())
     return cls(**d)
 
   def threshold(self, category: str) -> float:
@@ -275,10 +274,18 @@ def rate_pages(pages: list[dict], rate: Rater | None, cfg: WebConfig) -> list[di
   """Records rated by `rate` (0-10) and kept, or rejections (below_threshold, oracle_failed)."""
   if rate is None or not pages:
     return list(pages)
-  scores = list(rate([p["text"][:cfg.max_rate_chars] for p in pages]))
+  return filter_rated(pages, list(rate([p["text"][:cfg.max_rate_chars] for p in pages])), cfg)
+
+
+def filter_rated(pages: list[dict], scores: Sequence[Any], cfg: WebConfig) -> list[dict]:
+  """Pages given their ratings (0-10 or None) -> kept (with `oracle_score`) or rejections.
+
+  The pure core of rate_pages, for a pipeline that rates pages elsewhere (e.g. in the driver's
+  oracle step beside the files) and applies the per-category thresholds afterwards.
+  """
   if len(scores) != len(pages):
-    raise ValueError(f"web: rate() returned {len(scores)} scores for {len(pages)} pages "
-                     f"(first page {pages[0]['id']})")
+    raise ValueError(f"web: {len(scores)} scores for {len(pages)} pages"
+                     + (f" (first page {pages[0]['id']})" if pages else ""))
   out = []
   for page, s in zip(pages, scores):
     if s is None or (isinstance(s, float) and math.isnan(s)):
