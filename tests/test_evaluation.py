@@ -79,16 +79,20 @@ def test_truncate_stops_at_the_next_top_level_statement(humaneval):
   assert prompts.truncate(body, benchmarks.PYTHON_STOPS) == "    return 1\n\n"
   assert prompts.truncate("    x = 1\n    if x:\n        return x\nprint(x)", benchmarks.PYTHON_STOPS
                           ) == "    x = 1\n    if x:\n        return x"
-  # Chat style also stops at the closing code fence.
-  text = "    return 1\n```\nThis function returns one."
-  assert prompts.postprocess(humaneval[0], text, "chat") == "    return 1"
-  assert prompts.postprocess(humaneval[0], text, "base") == text
+  assert prompts.postprocess(humaneval[0], body, "base") == "    return 1\n\n"
+  # Chat style (Python): the whole function, up to the closing fence, definitions only.
+  text = ("import math\n\ndef f(x):\n    if x:\n        return 1\n\nprint(f(2))\n"
+          "assert f(0) == 3\n```\nThis function returns one.")
+  assert prompts.postprocess(humaneval[0], text, "chat") == (
+      "\nimport math\ndef f(x):\n    if x:\n        return 1\n")
+  assert prompts.postprocess(humaneval[0], "def f(:\n```", "chat") == "\ndef f(:"
 
 
 def test_chat_prompt_uses_chatml_special_ids_and_prefills_the_prompt(humaneval):
   problem = humaneval[2]
   text = prompts.prompt_text(problem, "chat")
-  assert text.startswith("<|im_start|>system\n") and text.endswith("```python\n" + problem.prompt)
+  assert text.startswith("<|im_start|>system\n") and text.endswith("assistant\n```python\n")
+  assert "```python\n" + problem.prompt + "```" in text
   assert prompts.prompt_text(problem, "base") == problem.prompt
   with pytest.raises(ValueError, match="prompt style 'raw'"):
     prompts.prompt_text(problem, "raw")
@@ -124,6 +128,7 @@ def test_fim_benchmark_scores_targets_1_and_wrong_lines_0(tmp_path):
   assert result["pass_at_k"] == {"pass@1": pytest.approx(163 / 164)}
   assert result["per_problem"][3]["c"] == 0 and result["per_problem"][0]["n"] == 2
   assert result["isolation"] == {"none (not executed)": 165}
+  assert result["statuses"] == {"match": 164, "mismatch": 1}
 
 
 # --- samples files -----------------------------------------------------------------------------
@@ -196,3 +201,191 @@ def test_missing_ppm_data_names_the_make_target(tmp_path, monkeypatch):
   monkeypatch.setenv(benchmarks.PPM_FSE_ENV, str(tmp_path))
   with pytest.raises(benchmarks.BenchmarkError, match="make eval-data"):
     benchmarks.load_mbpp()
+
+
+# --- prompt token ids (a small SentencePiece model has every special token) --------------------
+
+
+@pytest.fixture(scope="module")
+def spm_tokenizer(tmp_path_factory, humaneval):
+  from seedcoder_jax import tokenizer as tokenizer_lib
+  texts = [p.prompt + p.canonical_solution for p in humaneval]
+  return tokenizer_lib.train_sentencepiece(texts, tmp_path_factory.mktemp("tok") / "t.model",
+                                           vocab_size=400)
+
+
+def test_prompt_ids_base_chat_and_fim_layouts(spm_tokenizer, humaneval):
+  from seedcoder_jax import sampling
+  tok, problem = spm_tokenizer, humaneval[0]
+  assert prompts.prompt_ids(problem, "base", tok) == tok.encode(problem.prompt)
+  chat = prompts.prompt_ids(problem, "chat", tok)
+  # system, user, then the open assistant turn: three <|im_start|>, two <|im_end|>.
+  assert [t for t in chat if t in (tok.im_start_id, tok.im_end_id)] == [
+      tok.im_start_id, tok.im_end_id, tok.im_start_id, tok.im_end_id, tok.im_start_id]
+  assert tok.decode(chat).endswith("assistant\n```python\n")
+  fim = benchmarks.load_fim_humaneval()[0]
+  ids = sampling.fim_prompt(tok, fim.prompt, fim.suffix)
+  assert ids[0] == tok.fim_suffix_id and ids[-1] == tok.fim_middle_id
+  assert tok.decode(ids) == f"<fim_suffix>{fim.suffix}<fim_prefix>{fim.prompt}<fim_middle>"
+  psm = sampling.fim_prompt(tok, fim.prompt, fim.suffix, "psm")
+  assert tok.decode(psm) == f"<fim_prefix>{fim.prompt}<fim_suffix>{fim.suffix}<fim_middle>"
+
+
+# --- execution in the sandbox ------------------------------------------------------------------
+
+
+def _humaneval_run(tmp, problems, limit=None):
+  """Canonical solutions of `problems`, plus empty (0-2) and wrong (3-5) extra samples."""
+  records = [{"task_id": p.task_id, "completion": p.canonical_solution} for p in problems]
+  records += [{"task_id": p.task_id, "completion": ""} for p in problems[:3]]
+  records += [{"task_id": p.task_id, "completion": "    return None\n"} for p in problems[3:6]]
+  records.append("{broken")
+  path = _write_jsonl(tmp / "samples.jsonl", records)
+  return harness.evaluate(harness.EvalConfig(benchmark="humaneval", samples=str(path), limit=limit,
+                                             output=str(tmp / "he.json"), workers=4))
+
+
+@pytest.fixture(scope="module")
+def humaneval_report(tmp_path_factory, humaneval):
+  """A fast subset: the first 24 problems through the sandbox."""
+  return _humaneval_run(tmp_path_factory.mktemp("he"), humaneval[:24], limit=24)
+
+
+def _check_canonical_run(rep, num):
+  assert rep["num_scored"] == num and rep["missing"] == []
+  assert [r["task_id"] for r in rep["per_problem"] if r["c"] < 1] == []
+  # Problems 0-5 have a second, failing sample: pass@1 = (num - 6 + 6 * 0.5) / num.
+  assert rep["pass_at_k"] == {"pass@1": pytest.approx((num - 6 + 6 * 0.5) / num)}
+  assert set(rep["isolation"]) <= {"bwrap", "rlimits"}
+  assert sum(rep["isolation"].values()) == num + 6
+  assert rep["malformed"]["by_reason"] == {"invalid_json": 1}
+  assert rep["malformed"]["lines"][0]["line"] == num + 7
+
+
+def test_humaneval_canonical_subset_passes(humaneval_report):
+  _check_canonical_run(humaneval_report, 24)
+
+
+@pytest.mark.slow
+def test_humaneval_canonical_solutions_all_pass(tmp_path, humaneval):
+  _check_canonical_run(_humaneval_run(tmp_path, humaneval), 164)
+
+
+def test_wrong_and_empty_completions_fail(humaneval_report):
+  rows = {r["task_id"]: r for r in humaneval_report["per_problem"]}
+  for i in range(6):
+    row = rows[f"HumanEval/{i}"]
+    assert (row["n"], row["c"]) == (2, 1)
+    assert [s["passed"] for s in row["samples"]] == [True, False]
+    assert row["samples"][1]["status"] == "error" and row["samples"][1]["returncode"] != 0
+
+
+def test_report_files_are_written(humaneval_report, tmp_path):
+  out, md = report_lib.write(humaneval_report, tmp_path / "r.json")
+  assert json.loads(out.read_text())["pass_at_k"] == humaneval_report["pass_at_k"]
+  text = md.read_text()
+  assert "| humaneval | 24 | 1-2 |" in text and "| HumanEval/0 | 2 | 1 |" in text
+
+
+def test_missing_tasks_score_zero_and_chat_style_answers_run(tmp_path, humaneval):
+  records = [{"task_id": p.task_id, "completion": p.canonical_solution} for p in humaneval[:4]]
+  # A chat answer rewrites the whole function, then chats on; only its definitions are kept.
+  p = humaneval[1]
+  answer = p.prompt + p.canonical_solution + "\nprint(input())\n```\nThis splits groups."
+  records[1]["completion"] = prompts.postprocess(p, answer, "chat")
+  path = _write_jsonl(tmp_path / "s.jsonl", records)
+  rep = harness.evaluate(harness.EvalConfig(benchmark="humaneval", samples=str(path), limit=8,
+                                            output=str(tmp_path / "o.json")))
+  assert rep["num_scored"] == 8 and rep["pass_at_k"] == {"pass@1": 0.5}
+  assert rep["missing"] == [f"HumanEval/{i}" for i in range(4, 8)]
+
+
+# MultiPL-E's own test inputs (ppm-fse evaluation/test_inputs, HumanEval_53_add): a known-good
+# completion and a broken one per language, plus a wrong answer that compiles.
+_ADD = {"cpp": ("    return x + y;", "    return x + ;", "    return x - y;"),
+        "java": ("        return x + y;\n", "        return x + y\n", "        return x - y;\n")}
+_BRACKETS = {  # HumanEval_56_correct_bracketing, written for these tests
+    "cpp": ("    int depth = 0;\n    for (char c : brackets) {\n        depth += c == '<' ? 1 : -1;\n"
+            "        if (depth < 0) return false;\n    }\n    return depth == 0;"),
+    "java": ("        int depth = 0;\n        for (char c : brackets.toCharArray()) {\n"
+             "            depth += c == '<' ? 1 : -1;\n            if (depth < 0) return false;\n"
+             "        }\n        return depth == 0;\n"),
+}
+
+
+@needs_ppm
+@pytest.mark.parametrize("language", ["cpp", pytest.param("java", marks=pytest.mark.slow)])
+def test_multipl_e_known_good_pass_and_broken_fail(language, tmp_path):
+  from seedcoder_jax.sandbox import languages
+  if languages.toolchain_missing(language):
+    pytest.skip(f"{language} toolchain missing: {languages.toolchain_missing(language)}")
+  name = f"multipl_e_{language}"
+  good, broken, wrong = _ADD[language]
+  records = [{"task_id": "HumanEval_53_add", "completion": c} for c in (good, broken, wrong)]
+  path = _write_jsonl(tmp_path / "s.jsonl", records)
+  rep = harness.evaluate(harness.EvalConfig(benchmark=name, samples=str(path),
+                                            output=str(tmp_path / "o.json"), workers=4))
+  rows = {r["task_id"]: r for r in rep["per_problem"]}
+  assert [(s["passed"], s["status"]) for s in rows["HumanEval_53_add"]["samples"]] == [
+      (True, "ok"), (False, "compile_error"), (False, "error")]
+  assert len(rep["missing"]) == rep["num_scored"] - 1
+
+
+@needs_ppm
+@pytest.mark.slow
+@pytest.mark.parametrize("language", ["cpp", "java"])
+def test_multipl_e_hand_written_solution_passes(language, tmp_path):
+  from seedcoder_jax.sandbox import languages
+  if languages.toolchain_missing(language):
+    pytest.skip(f"{language} toolchain missing: {languages.toolchain_missing(language)}")
+  path = _write_jsonl(tmp_path / "s.jsonl", [
+      {"task_id": "HumanEval_56_correct_bracketing", "completion": _BRACKETS[language]},
+      {"task_id": "HumanEval_56_correct_bracketing", "completion": _BRACKETS[language].replace(
+          "depth == 0", "depth >= 0")}])
+  rep = harness.evaluate(harness.EvalConfig(benchmark=f"multipl_e_{language}", samples=str(path),
+                                            output=str(tmp_path / "o.json"), workers=2))
+  row = {r["task_id"]: r for r in rep["per_problem"]}["HumanEval_56_correct_bracketing"]
+  assert [s["passed"] for s in row["samples"]] == [True, False]
+
+
+@needs_ppm
+def test_mbpp_known_good_passes_and_wrong_fails(tmp_path):
+  path = _write_jsonl(tmp_path / "s.jsonl", [
+      {"task_id": "mbpp_464_check_value",
+       "completion": "    return all(v == n for v in dict.values())\n"},
+      {"task_id": "mbpp_464_check_value", "completion": "    return True\n"}])
+  rep = harness.evaluate(harness.EvalConfig(benchmark="mbpp", samples=str(path),
+                                            output=str(tmp_path / "o.json")))
+  row = {r["task_id"]: r for r in rep["per_problem"]}["mbpp_464_check_value"]
+  assert [s["passed"] for s in row["samples"]] == [True, False]
+
+
+def test_cli_scores_a_samples_file_and_refuses_bad_flags(tmp_path, humaneval):
+  path = _write_jsonl(tmp_path / "s.jsonl", [
+      {"task_id": "HumanEval/0", "completion": humaneval[0].canonical_solution}, "not json"])
+  out = tmp_path / "o.json"
+  cmd = [sys.executable, str(REPO / "eval" / "run.py"), "--benchmark=humaneval",
+         f"--samples={path}", f"--output={out}", "--limit=2"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  summary = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert summary["pass_at_k"] == {"pass@1": 0.5} and summary["missing"] == ["HumanEval/1"]
+  assert summary["malformed"] == {"count": 1, "by_reason": {"invalid_json": 1}}
+  assert out.with_suffix(".md").is_file()
+  bad = subprocess.run(cmd[:2] + ["--benchmark=humaneval", f"--output={out}",
+                                  f"--samples={tmp_path / 'none.jsonl'}"],
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and "samples file not found" in bad.stderr
+
+
+def test_generation_refuses_to_extend_samples_made_otherwise(tmp_path, humaneval):
+  samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
+  cfg = harness.EvalConfig(benchmark="humaneval", output=str(tmp_path / "o.json"),
+                           samples=str(samples), checkpoint="gguf:smollm2", limit=2)
+  with pytest.raises(ValueError, match="unknown origin"):
+    harness.generate_samples(cfg, humaneval[:2])
+  settings = {k: getattr(cfg, k) for k in harness._GENERATION_KEYS}
+  sidecar = tmp_path / "s.jsonl.generation.json"
+  sidecar.write_text(json.dumps({**settings, "temperature": 0.8}))
+  with pytest.raises(ValueError, match=r"other settings.*'temperature': \(0.8, 0.0\)"):
+    harness.generate_samples(cfg, humaneval[:2])

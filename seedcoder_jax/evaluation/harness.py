@@ -19,7 +19,7 @@ import logging
 import pathlib
 import platform
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 from seedcoder_jax.evaluation import benchmarks as benchmarks_lib
 from seedcoder_jax.evaluation import execution
@@ -109,23 +109,28 @@ def load_problems(name: str, limit: Optional[int] = None) -> list[benchmarks_lib
 
 def score(benchmark: str, problems: list[benchmarks_lib.Problem],
           samples_file: samples_lib.SamplesFile, *, ks=metrics.DEFAULT_KS, workers: int = 4,
-          runner: Optional[Callable] = None, timeout_s: Optional[float] = None,
+          timeout_s: Optional[float] = None,
           memory_mb: Optional[int] = None) -> dict:
   """Scores samples against problems; returns the report (without run metadata)."""
   bench = benchmarks_lib.get(benchmark)
   by_id = {p.task_id: p for p in problems}
   unsupported = {p.task_id: p.unsupported for p in problems if p.unsupported}
   scored = [p for p in problems if not p.unsupported]
+  if not scored:
+    raise benchmarks_lib.BenchmarkError(f"{benchmark}: no problem can run here "
+                                        f"({sorted(set(unsupported.values()))})")
   jobs = [(by_id[t], s) for t, ss in samples_file.by_task.items() if t in by_id
           and t not in unsupported for s in ss]
   if bench.scoring == "exact_match":
-    outcomes = [execution.Execution(passed=benchmarks_lib.fim_exact_match(s.completion, p.target),
-                                    status="exact_match", isolation="none (not executed)",
-                                    returncode=None) for p, s in jobs]
+    outcomes = []
+    for p, s in jobs:
+      match = benchmarks_lib.fim_exact_match(s.completion, p.target)
+      outcomes.append(execution.Execution(passed=match, status="match" if match else "mismatch",
+                                          isolation="none (not executed)", returncode=None))
   else:
     start = time.time()
     outcomes = execution.run_many([(p, s.completion) for p, s in jobs], workers=workers,
-                                  runner=runner, timeout_s=timeout_s, memory_mb=memory_mb,
+                                  timeout_s=timeout_s, memory_mb=memory_mb,
                                   progress=_progress_logger(len(jobs)))
     log.info("executed %d programs in %.1f s", len(jobs), time.time() - start)
     broken = [out for out in outcomes if out.status == "sandbox_error"]
@@ -146,14 +151,10 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
     per_problem.append({
         "task_id": p.task_id, "n": n, "c": c,
         "pass@1": metrics.pass_at_k(n, c, 1) if n else 0.0,
-        "statuses": dict(collections.Counter(out.status if not out.passed or out.status ==
-                                             "exact_match" else "passed" for _, out in rows)),
+        "statuses": dict(collections.Counter(out.status for _, out in rows)),
         "samples": [{"line": s.line, "passed": out.passed, "status": out.status,
                      "returncode": out.returncode, "detail": out.detail} for s, out in rows],
     })
-  if not scored:
-    raise benchmarks_lib.BenchmarkError(f"{benchmark}: no problem can run here "
-                                        f"({sorted(set(unsupported.values()))})")
   ns = [n for n, _ in counts.values()]
   report = {
       "benchmark": benchmark,
@@ -167,6 +168,8 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
                       if bench.scoring == "exact_match" else None),
       "missing": [p.task_id for p in scored if p.task_id not in counts],
       "unsupported": unsupported,
+      "unsupported_samples": sum(len(ss) for t, ss in samples_file.by_task.items()
+                                 if t in unsupported),
       "malformed": {"count": len(samples_file.malformed),
                     "by_reason": samples_file.malformed_counts(),
                     "lines": samples_file.malformed[:200]},
@@ -178,9 +181,7 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
 
 
 def _progress_logger(total: int):
-  step = max(1, total // 10)
-  return lambda done: (done % step == 0 or done == total) and log.info(
-      "executed %d/%d", done, total)
+  return lambda done: log.info("executed %d/%d programs", done, total)
 
 
 def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) -> dict:
@@ -205,6 +206,7 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
           "max_new_tokens": cfg.max_new_tokens, "n_samples": cfg.n_samples, "seed": cfg.seed,
           "greedy": cfg.temperature == 0, "samples_file": str(path), "reused": sum(have.values()),
           "generated": len(jobs)}
+  _check_same_generation(path, {k: meta[k] for k in _GENERATION_KEYS})
   if not jobs:
     return meta
   model_cfg, params, tokenizer = sampling.load_model(cfg.checkpoint)
@@ -238,9 +240,34 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
   return meta
 
 
+_GENERATION_KEYS = ("checkpoint", "prompt_style", "temperature", "top_p", "max_new_tokens", "seed")
+
+
+def _check_same_generation(samples_path: pathlib.Path, settings: dict) -> None:
+  """Records the generation settings beside the samples; refuses to extend samples made otherwise.
+
+  Without this, resuming into an old samples file with another model or temperature would mix
+  two experiments into one score.
+  """
+  sidecar = samples_path.with_name(samples_path.name + ".generation.json")
+  if sidecar.is_file():
+    before = json.loads(sidecar.read_text(encoding="utf-8"))
+    if before != settings:
+      diff = {k: (before.get(k), settings.get(k)) for k in settings if before.get(k) != settings[k]}
+      raise ValueError(f"{samples_path} holds samples generated with other settings "
+                       f"(before, now): {diff}; pass another --samples path or delete it")
+  elif samples_path.is_file() and samples_path.stat().st_size:
+    raise ValueError(f"{samples_path} already holds samples of unknown origin (no {sidecar.name}); "
+                     "pass another --samples path or delete it")
+  else:
+    samples_path.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+
+
 def _prompt_ids(bench, problem, cfg: EvalConfig, tokenizer) -> list[int]:
   if bench.scoring == "exact_match":
-    return prompts_lib.fim_prompt_ids(tokenizer, problem.prompt, problem.suffix, cfg.fim_order)
+    from seedcoder_jax import sampling
+    return sampling.fim_prompt(tokenizer, problem.prompt, problem.suffix, cfg.fim_order)
   return prompts_lib.prompt_ids(problem, cfg.prompt_style, tokenizer)
 
 
@@ -248,7 +275,7 @@ def _json_line(rec: dict) -> str:
   return json.dumps(rec) + "\n"
 
 
-def evaluate(cfg: EvalConfig, *, runner: Optional[Callable] = None) -> dict:
+def evaluate(cfg: EvalConfig) -> dict:
   """Runs one evaluation end to end; writes and returns the report."""
   cfg.validate()
   start = time.time()
@@ -256,7 +283,7 @@ def evaluate(cfg: EvalConfig, *, runner: Optional[Callable] = None) -> dict:
   generation = generate_samples(cfg, problems) if cfg.checkpoint else None
   samples_file = samples_lib.read_samples(cfg.samples_path, [p.task_id for p in problems])
   report = score(cfg.benchmark, problems, samples_file, ks=cfg.ks, workers=cfg.workers,
-                 runner=runner, timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
+                 timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
   report.update({
       "samples_file": str(cfg.samples_path),
       "generation": generation,
