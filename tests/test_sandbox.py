@@ -512,3 +512,25 @@ def test_stress_many_forking_runs_never_fail_to_fork(private_tempdir):
       [r for r in results if r.status != "ok"][:2]
   assert _survivors(marker) == []
   assert list(private_tempdir.iterdir()) == []
+
+
+@pytest.mark.slow
+@_needs("java")
+def test_java_jars_among_the_files_join_the_class_path(tmp_path):
+  import subprocess  # only this test builds a jar on the host
+  if shutil.which("jar") is None:
+    pytest.skip("the JDK's jar tool is missing")
+  src = tmp_path / "lib" / "Greeter.java"
+  src.parent.mkdir()
+  src.write_text("package lib;\npublic class Greeter {\n"
+                 "  public static String greet(String s) { return \"hi \" + s; }\n}\n")
+  subprocess.run(["javac", "-d", str(tmp_path / "out"), str(src)], check=True)
+  subprocess.run(["jar", "cf", str(tmp_path / "greeter.jar"), "-C", str(tmp_path / "out"), "."],
+                 check=True)
+  program = ("import lib.Greeter;\nclass Main { public static void main(String[] a) {"
+             " System.out.println(Greeter.greet(\"jar\")); } }\n")
+  r = sandbox.run_code(program, language="java", timeout_s=15,
+                       files={"greeter.jar": (tmp_path / "greeter.jar").read_bytes()})
+  assert (r.status, r.stdout) == ("ok", "hi jar\n"), r
+  r = sandbox.run_code(program, language="java", timeout_s=15)
+  assert r.status == "compile_error" and "lib" in r.stderr, r

@@ -110,8 +110,13 @@ def java_main_class(source):
   return classes[-1].group(1) if classes else "Main"
 
 
-def plan(language, source, *, memory_mb, argv=()):
-  """The Plan for running source in language with memory_mb of memory."""
+def plan(language, source, *, memory_mb, argv=(), extra_files=()):
+  """The Plan for running source in language with memory_mb of memory.
+
+  Args:
+    extra_files: names of the files placed beside the program; for Java, every *.jar among them
+      joins the class path (e.g. org.javatuples for MultiPL-E).
+  """
   language = canonical(language)
   data = source.encode()
   argv = list(argv)
@@ -125,10 +130,11 @@ def plan(language, source, *, memory_mb, argv=()):
                 ["./main"] + argv, memory_mb * _MB)
   if language == "java":
     cls = java_main_class(source)
+    classpath = ":".join(["."] + sorted(n for n in extra_files if n.endswith(".jar")))
     return Plan({f"{cls}.java": data},
                 ["javac", "-J-Xmx512m"] + [f"-J{f}" for f in _JVM_FLAGS] +
-                ["-encoding", "UTF-8", "-d", ".", f"{cls}.java"],
-                ["java", f"-Xmx{memory_mb}m", "-ea"] + _JVM_FLAGS + ["-cp", ".", cls] + argv,
+                ["-encoding", "UTF-8", "-cp", classpath, "-d", ".", f"{cls}.java"],
+                ["java", f"-Xmx{memory_mb}m", "-ea"] + _JVM_FLAGS + ["-cp", classpath, cls] + argv,
                 (memory_mb + _JVM_ALLOWANCE_MB) * _MB, min_procs=256)
   return Plan({"main.js": data}, None,
               ["node", f"--max-old-space-size={memory_mb}", "main.js"] + argv,

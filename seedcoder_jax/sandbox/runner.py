@@ -131,7 +131,8 @@ def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=5
     stdin: text or bytes given to the program's stdin.
     timeout_s: wall-clock limit of the run step; the CPU-time limit is its ceiling.
     memory_mb: address-space limit (Python, C++) or heap limit (Java, JavaScript: see languages).
-    files: extra {relative path: str | bytes} placed beside the program (test harnesses).
+    files: extra {relative path: str | bytes} placed beside the program (test harnesses); for
+      Java, *.jar files among them join the class path.
     argv: extra command-line arguments for the program.
     max_output_bytes: cap on stdout + stderr together; past it the run is killed.
     max_procs: processes + threads the sandbox uid may have (raised for the JVM and V8).
@@ -150,7 +151,8 @@ def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=5
   if missing:
     return Result("sandbox_error", None, "", f"{language} toolchain missing: {missing} not on PATH",
                   mode)
-  plan = languages.plan(language, source, memory_mb=int(memory_mb), argv=argv)
+  plan = languages.plan(language, source, memory_mb=int(memory_mb), argv=argv,
+                        extra_files=[os.path.normpath(n) for n in files or {}])
   all_files = dict(plan.files)
   for name, data in (files or {}).items():
     all_files[os.path.normpath(name)] = data.encode() if isinstance(data, str) else bytes(data)
