@@ -347,6 +347,14 @@ def test_auto_falls_back_to_rlimits_when_bwrap_cannot_start(monkeypatch):
     isolation.bwrap_works.cache_clear()
 
 
+@pytest.mark.parametrize("mode", [pytest.param("bwrap", marks=needs_bwrap), "rlimits"])
+def test_a_sandbox_that_cannot_start_is_a_sandbox_error(mode, monkeypatch):
+  monkeypatch.setattr(isolation, "prlimit_path", lambda: "/nonexistent/prlimit")
+  r = sandbox.run_code("print(1)", timeout_s=5, isolation=mode)
+  assert (r.status, r.returncode, r.isolation) == ("sandbox_error", None, mode), r
+  assert "/nonexistent/prlimit" in r.stderr
+
+
 @pytest.mark.skipif(not isolation.is_root(), reason="the fallback's process limit needs root")
 def test_rlimits_fallback_contains_a_fork_bomb(private_tempdir):
   marker = _marker()

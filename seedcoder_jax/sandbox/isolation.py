@@ -225,6 +225,19 @@ def _kill_binary():
   return None
 
 
+def user_task_count(uid):
+  """Processes + threads whose real uid is uid: what RLIMIT_NPROC counts for it."""
+  count = 0
+  for name in os.listdir("/proc"):
+    if name.isdigit():
+      try:
+        if os.stat(f"/proc/{name}").st_uid == uid:
+          count += len(os.listdir(f"/proc/{name}/task"))
+      except OSError:
+        continue
+  return count
+
+
 def uid_processes(uid):
   """Pids of live (non-zombie) processes whose real uid is uid (scans /proc)."""
   pids = []

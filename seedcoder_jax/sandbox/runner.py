@@ -202,14 +202,20 @@ class _StepRun(process.RawRun):
 def _step(mode, plan, command, *, uid, workdir, files, stdin, timeout_s, cpu_s, address_space,
           procs, limits, writable_workdir):
   """Runs one command (build or run) of a plan under the isolation mode."""
+  # Without a uid of its own the program shares RLIMIT_NPROC's count with every process of the
+  # caller's user: allow that many more.
+  nproc = procs if uid is not None else procs + iso.user_task_count(os.getuid())
   rl = iso.prlimit_argv(cpu_s=cpu_s, address_space_bytes=address_space,
-                        file_bytes=limits["file_bytes"],
-                        max_procs=procs if uid is not None else 0)
+                        file_bytes=limits["file_bytes"], max_procs=nproc)
   kill_tree = (lambda: iso.kill_uid(uid)) if uid is not None else None
   if mode == "rlimits":
-    raw = process.execute(rl + command, stdin=stdin, timeout_s=timeout_s,
-                          max_output_bytes=limits["max_output_bytes"], uid=uid, cwd=workdir,
-                          env=iso.sandbox_env(workdir), kill_tree=kill_tree)
+    try:
+      raw = process.execute(rl + command, stdin=stdin, timeout_s=timeout_s,
+                            max_output_bytes=limits["max_output_bytes"], uid=uid, cwd=workdir,
+                            env=iso.sandbox_env(workdir), kill_tree=kill_tree)
+    except OSError as e:  # the command could not start (missing binary, exec refused)
+      return _StepRun(None, b"", f"sandbox could not start {command[0]}: {e}".encode(), False,
+                      False, 0.0, 0.0, setup_failed=True)
     return _StepRun(**dataclasses.asdict(raw))
   with contextlib.ExitStack() as stack:
     file_fds = []
@@ -223,9 +229,13 @@ def _step(mode, plan, command, *, uid, workdir, files, stdin, timeout_s, cpu_s, 
                           host_workdir=workdir if writable_workdir else None,
                           tmpfs_bytes=limits["tmpfs_bytes"])
     pass_fds = [fd for fd, _, _ in file_fds] + [cpu_fd]
-    raw = process.execute(argv + rl + iso.cpu_report_argv(cpu_fd) + command, stdin=stdin,
-                          timeout_s=timeout_s, max_output_bytes=limits["max_output_bytes"],
-                          pass_fds=pass_fds, uid=uid, kill_tree=kill_tree)
+    try:
+      raw = process.execute(argv + rl + iso.cpu_report_argv(cpu_fd) + command, stdin=stdin,
+                            timeout_s=timeout_s, max_output_bytes=limits["max_output_bytes"],
+                            pass_fds=pass_fds, uid=uid, kill_tree=kill_tree)
+    except OSError as e:
+      return _StepRun(None, b"", f"sandbox could not start bwrap: {e}".encode(), False, False,
+                      0.0, 0.0, setup_failed=True)
     return _interpret_bwrap(raw, os.pread(cpu_fd, 4096, 0))
 
 
