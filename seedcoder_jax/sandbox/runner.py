@@ -104,15 +104,13 @@ def _decode(data):
   return data.decode("utf-8", errors="replace")
 
 
-def _check(source, language, timeout_s, memory_mb, max_output_bytes, max_procs, max_file_mb,
-           files):
+def _check(source, language, files, **limits):
   if not isinstance(source, str):
     raise TypeError(f"run_code: source must be str, got {type(source).__name__}")
   languages.canonical(language)
-  for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
-                      ("max_output_bytes", max_output_bytes), ("max_procs", max_procs),
-                      ("max_file_mb", max_file_mb)):
-    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+  for name, value in limits.items():
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and value > 0 and math.isfinite(value)):
       raise ValueError(f"run_code: {name} must be a positive number, got {value!r}")
   for name in files or {}:
     norm = os.path.normpath(name)
@@ -145,7 +143,9 @@ def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=5
   Returns:
     Result. Problems of the program never raise; bad arguments raise ValueError/TypeError.
   """
-  _check(source, language, timeout_s, memory_mb, max_output_bytes, max_procs, max_file_mb, files)
+  _check(source, language, files, timeout_s=timeout_s, memory_mb=memory_mb,
+         max_output_bytes=max_output_bytes, max_procs=max_procs, max_file_mb=max_file_mb,
+         disk_mb=disk_mb, compile_timeout_s=compile_timeout_s)
   mode = resolve_isolation(isolation)
   missing = languages.toolchain_missing(language)
   if missing:
