@@ -1,9 +1,10 @@
 """Stage 7, commit records: layout, BM25 retrieval and every rejection on a repository built here."""
 
-import pathlib
+import collections
 import shutil
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from dulwich.index import commit_tree
@@ -99,6 +100,19 @@ def test_record_layout_and_bm25(history):
   assert diff.startswith("diff --git a/parser.py b/parser.py\n")
   assert "--- a/parser.py\n+++ b/parser.py\n" in diff
   assert "+def round_number(x):\n" in diff and "-  return re.findall(r'\\d+\\.?\\d*|" in diff
+
+
+def test_bm25_scores_match_bm25s():
+  import bm25s
+  docs = ["parse the rating from the answer text", "rating rating rating scale", "tokenize code",
+          "the answer is forty two", "parse parse tree"]
+  corpus = [commits.words(d) for d in docs]
+  ref = bm25s.BM25()  # Lucene's BM25, k1=1.5, b=0.75
+  ref.index(corpus, show_progress=False)
+  for q in (["parse", "rating"], ["answer", "tree", "tree"], ["code"]):
+    np.testing.assert_allclose(
+        commits.bm25_scores(q, [collections.Counter(d) for d in corpus]), ref.get_scores(q),
+        rtol=1e-5)
 
 
 def test_bm25_ranks_by_shared_words():

@@ -24,7 +24,8 @@ target (changed paths and code changes). The section headers are plain text, not
 <commit_before>/<commit_msg>/<commit_after> special tokens: `Tokenizer.encode` never emits special
 ids, so a layout built on them would silently become ordinary text.
 
-Retrieval: BM25 (bm25s) over the parent tree's text files (README excluded, it has its own
+Retrieval: BM25 (Lucene's variant, as bm25s computes it; checked against bm25s in the tests)
+over the parent tree's text files (README excluded, it has its own
 section), query = the commit message; both sides are split into identifier words (snake_case and
 camelCase parts, lower-cased), so `parse_rating` in code matches "rating parser" in a message.
 
@@ -47,14 +48,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import logging
 import os
 import pathlib
 import re
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
-import bm25s
 import numpy as np
 from dulwich import diff_tree, errors as git_errors, patch
 from dulwich.objects import S_ISGITLINK
@@ -68,8 +67,6 @@ SECTION = "=== {} ==="
 _README_RE = re.compile(r"^readme(\.(md|rst|txt|markdown))?$", re.IGNORECASE)
 _WORD_RE = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|\d+")
 _STATUS = {"add": "A", "delete": "D", "modify": "M"}
-# bm25s logs every index build (one per commit here) at DEBUG: noise in a pipeline's log.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 # Errors dulwich raises for objects it cannot read (missing, corrupt, of the wrong type).
 _UNREADABLE = (KeyError, git_errors.ObjectMissing, git_errors.ObjectFormatException,
                git_errors.ChecksumMismatch, git_errors.WrongObjectException,
@@ -148,24 +145,41 @@ def language_of(paths: Sequence[str]) -> str:
   return counts.most_common(1)[0][0] if counts else "text"
 
 
+def bm25_scores(query: Sequence[str], counts: Sequence[dict], k1: float = 1.5,
+                b: float = 0.75) -> np.ndarray:
+  """BM25 (Lucene's variant, bm25s's default) of each doc for `query`: float64 [N].
+
+  score(d) = sum over query words t (repeats included) of idf(t) * tf / (tf + k1 * (1 - b + b * |d| / avgdl)),
+  idf(t) = log(1 + (N - df + 0.5) / (df + 0.5)). Computed here from per-doc word counts (which a
+  reader caches per blob) because building a bm25s index per commit dominated the stage's time;
+  tests check these scores against bm25s.
+  """
+  n = len(counts)
+  if n == 0:
+    return np.zeros(0)
+  lens = np.array([sum(c.values()) for c in counts], np.float64)
+  norm = k1 * (1.0 - b + b * lens / max(lens.mean(), 1e-9))
+  scores = np.zeros(n)
+  for t, times in collections.Counter(query).items():  # a repeated query word counts again
+    tf = np.array([c.get(t, 0) for c in counts], np.float64)
+    df = np.count_nonzero(tf)
+    if df:
+      scores += times * np.log(1.0 + (n - df + 0.5) / (df + 0.5)) * tf / (tf + norm)
+  return scores
+
+
 def bm25_top_k(query: str, docs: Sequence[str], k: int) -> list[int]:
   """Indices of the (at most) k docs that BM25 ranks highest for `query`, best first.
 
   Docs with a zero score (no shared word) are left out, so a message with no overlap retrieves
-  nothing rather than arbitrary files.
+  nothing rather than arbitrary files. Ties keep document order.
   """
-  q = words(query)
-  if not docs or not q or k == 0:
-    return []
-  corpus = [words(d) or ["\u0000empty"] for d in docs]
-  index = bm25s.BM25()
-  index.index(corpus, show_progress=False)
-  vocab = set(w for doc in corpus for w in doc)
-  q = [w for w in q if w in vocab]
-  if not q:
-    return []
-  ids, scores = index.retrieve([q], k=min(k, len(docs)), show_progress=False)
-  return [int(i) for i, s in zip(ids[0], scores[0]) if s > 0]
+  return top_k(bm25_scores(words(query), [collections.Counter(words(d)) for d in docs]), k)
+
+
+def top_k(scores: np.ndarray, k: int) -> list[int]:
+  order = np.argsort(-scores, kind="stable")[:k]
+  return [int(i) for i in order if scores[i] > 0]
 
 
 def _cut(text: str, n: int) -> str:
@@ -199,6 +213,7 @@ class RepoReader:
     self.cfg = cfg
     self.repo = Repo(self.path)  # NotGitRepository for a path that is not one
     self._blobs: dict[bytes, str | None] = {}
+    self._counts: dict[tuple[str, bytes], collections.Counter] = {}
 
   def commit_ids(self) -> list[bytes]:
     """Newest-first shas under cfg.ref, at most max_commits. KeyError: no commit there."""
@@ -218,6 +233,7 @@ class RepoReader:
           pass
       if len(self._blobs) > 20_000:  # bounded: long histories of big repos
         self._blobs.clear()
+        self._counts.clear()
       self._blobs[sha] = text
     return self._blobs[sha]
 
@@ -278,11 +294,17 @@ class RepoReader:
         if text is not None:
           readme = (p, text)
           break
-    docs = [(p, self._text(e.sha)) for e, p in zip(entries, paths)
+    docs = [(p, e.sha, self._text(e.sha)) for e, p in zip(entries, paths)
             if readme is None or p != readme[0]]
-    docs = [(p, t) for p, t in docs if t]
-    # The path's words count too: a message naming "commits" finds curation/commits.py.
-    top = bm25_top_k(message, [p + "\n" + t for p, t in docs], self.cfg.top_k)
+    docs = [(p, sha, t) for p, sha, t in docs if t]
+    # The path's words count too: a message naming "commits" finds curation/commits.py. Words
+    # are cached per (path, blob): most files are unchanged from one commit to the next.
+    for p, sha, t in docs:
+      if (p, sha) not in self._counts:
+        self._counts[(p, sha)] = collections.Counter(words(p + "\n" + t))
+    top = top_k(bm25_scores(words(message), [self._counts[(p, sha)] for p, sha, _ in docs]),
+                self.cfg.top_k)
+    docs = [(p, t) for p, _, t in docs]
     return readme, paths, [docs[i] for i in top]
 
 
