@@ -60,3 +60,23 @@ def test_mismatched_shapes_are_refused():
   q, kk, v, seg = _inputs(t=256)
   with pytest.raises(ValueError, match="T == S divisible"):
     blocked_attention.blocked_self_attention(q, kk[:, :128], v[:, :128], seg, block=64)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_flash_values_and_gradients_equal_reference(dtype):
+  q, kk, v, seg = _inputs(t=256)
+  q, kk, v = (x.astype(dtype) for x in (q, kk, v))
+  w = jax.random.normal(jax.random.key(9), q.shape)
+  tol = dict(rtol=1e-4, atol=1e-5) if dtype == jnp.float32 else dict(rtol=0.05, atol=0.05)
+
+  def value_and_grads(fn):
+    f = lambda a, b, c: (fn(a, b, c).astype(jnp.float32) * w).sum()
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(q, kk, v)
+
+  want_v, want_g = value_and_grads(lambda a, b, c: _reference(a, b, c, seg))
+  got_v, got_g = value_and_grads(
+      lambda a, b, c: blocked_attention.flash_self_attention(a, b, c, seg, 64))
+  np.testing.assert_allclose(got_v, want_v, **tol)
+  for g, r in zip(got_g, want_g):
+    assert g.dtype == r.dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), **tol)
