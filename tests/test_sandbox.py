@@ -334,6 +334,31 @@ def test_rlimits_fallback_still_limits_and_cleans_up(private_tempdir, monkeypatc
   assert list(private_tempdir.iterdir()) == []  # every work dir was removed
 
 
+@pytest.mark.skipif(not isolation.is_root(), reason="the fallback's own uid needs root")
+def test_rlimits_fallback_cannot_read_a_private_home_or_write_a_private_dir(tmp_path):
+  # The fallback shares the host file system; its unprivileged uid is what keeps it out of
+  # root's private directories (the weaker guarantee that isolation="rlimits" reports).
+  if pathlib.Path.home().stat().st_mode & 0o001:
+    pytest.skip(f"{pathlib.Path.home()} is world-searchable: the fallback cannot hide it")
+  marker = _marker()
+  secret = pathlib.Path.home() / f".{marker}_secret"
+  secret.write_text("token")
+  victim = tmp_path / "victim.txt"
+  victim.write_text("original")
+  try:
+    r = _run(f"""
+        for path, mode in [({str(secret)!r}, "r"), ({str(victim)!r}, "w")]:
+          try:
+            open(path, mode).write("pwned") if mode == "w" else print(open(path).read())
+          except OSError as e:
+            print("denied", type(e).__name__)
+        """, marker, isolation="rlimits")
+  finally:
+    secret.unlink()
+  assert r.stdout == "denied PermissionError\n" * 2, r
+  assert victim.read_text() == "original"
+
+
 def test_auto_falls_back_to_rlimits_when_bwrap_cannot_start(monkeypatch):
   monkeypatch.setattr(isolation, "bwrap_path", lambda: "/nonexistent/bwrap")
   isolation.bwrap_works.cache_clear()
