@@ -389,3 +389,31 @@ def test_generation_refuses_to_extend_samples_made_otherwise(tmp_path, humaneval
   sidecar.write_text(json.dumps({**settings, "temperature": 0.8}))
   with pytest.raises(ValueError, match=r"other settings.*'temperature': \(0.8, 0.0\)"):
     harness.generate_samples(cfg, humaneval[:2])
+
+
+@pytest.mark.slow
+def test_generation_end_to_end_with_a_tiny_model(tmp_path, humaneval):
+  """--checkpoint path: a random tiny model + SentencePiece tokenizer in an orbax directory."""
+  from seedcoder_jax import model as model_lib
+  from seedcoder_jax import tokenizer as tokenizer_lib
+  from seedcoder_jax.interop import orbax_params
+  from seedcoder_jax.model import config as config_lib
+  cfg = config_lib.preset("tiny")
+  ckpt = tmp_path / "ckpt"
+  orbax_params.save(ckpt, cfg, model_lib.init_params(cfg, seed=0))
+  tokenizer_lib.train_sentencepiece([p.prompt + p.canonical_solution for p in humaneval],
+                                    ckpt / "tokenizer.model", vocab_size=cfg.vocab_size)
+  for bench, style in (("humaneval", "chat"), ("fim_humaneval", "base")):
+    out = tmp_path / f"{bench}.json"
+    run = harness.EvalConfig(benchmark=bench, output=str(out), checkpoint=f"orbax:{ckpt}",
+                             prompt_style=style, max_new_tokens=8, limit=3)
+    rep = harness.evaluate(run)
+    lines = [json.loads(x) for x in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert sorted(x["task_id"] for x in lines) == sorted(r["task_id"] for r in rep["per_problem"])
+    assert all(x["finish_reason"] in ("stop", "length") for x in lines)
+    assert rep["generation"]["generated"] == 3 and rep["samples_per_problem"] == {"min": 1,
+                                                                                 "max": 1}
+    assert rep["missing"] == [] and set(rep["pass_at_k"]) == {"pass@1"}
+    again = harness.evaluate(run)  # resumes: nothing left to generate, same greedy samples
+    assert again["generation"]["reused"] == 3 and again["generation"]["generated"] == 0
+    assert again["pass_at_k"] == rep["pass_at_k"]
