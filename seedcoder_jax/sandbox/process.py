@@ -32,19 +32,24 @@ class RawRun:
   cpu_s: float
 
 
-def memfd(name, data):
+def memfd(name, data, *, sealed=True):
   """An in-memory file holding data, positioned at 0 (for stdin and bwrap's --file).
 
-  Its number is at least 10: the shell wrapper inside the sandbox uses fd 9 for itself, and dash
-  cannot name fds above 9, so no inherited fd may land there.
+  Sealed (no write, grow or shrink) unless asked otherwise: the sandboxed program inherits the fd,
+  and an unsealed memfd would let it store memory outside its address-space limit. The fd number
+  is at least 10: the shell wrapper inside the sandbox uses fd 9 for itself, and dash cannot name
+  fds above 9, so no inherited fd may land there.
   """
-  low = os.memfd_create(name, os.MFD_CLOEXEC)
+  low = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
   fd = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 10)
   os.close(low)
   view = memoryview(data)
   while view:
     view = view[os.write(fd, view):]
   os.lseek(fd, 0, os.SEEK_SET)
+  if sealed:
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_WRITE |
+                fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
   return fd
 
 

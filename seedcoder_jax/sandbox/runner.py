@@ -223,7 +223,7 @@ def _step(mode, plan, command, *, uid, workdir, files, stdin, timeout_s, cpu_s, 
       fd = process.memfd(name, data)
       stack.callback(os.close, fd)
       file_fds.append((fd, os.path.join(iso.WORKDIR, name), mode_bits))
-    cpu_fd = process.memfd("cpu", b"")
+    cpu_fd = process.memfd("cpu", b"", sealed=False)
     stack.callback(os.close, cpu_fd)
     argv = iso.bwrap_argv(dirs=plan.dirs, files=file_fds,
                           host_workdir=workdir if writable_workdir else None,
