@@ -123,8 +123,26 @@ def test_warc_outcomes(tmp_path, classifier):
   out2 = {r["id"]: r for _, r in web.iter_web_records(cfg2, _rater, classifier)}
   assert out2["web:https://ex.com/questions/42/count-words#4"]["oracle_score"] == 4.5
   assert out2["web:https://ex.com/tutorial/files#0"]["reason"] == "below_threshold"
+  assert out2["web:https://ex.com/questions/42/count-words#4"]["recall"] == "classifier"
   out3 = {r["id"]: r for _, r in web.iter_web_records(cfg, lambda ts: [None] * len(ts), classifier)}
   assert out3["web:https://ex.com/tutorial/files#0"]["reason"] == "oracle_failed"
+
+
+def test_truncated_warcs(tmp_path):
+  data = _warc(tmp_path / "t.warc.gz").read_bytes()
+  cut = tmp_path / "cut.warc.gz"
+  cut.write_bytes(data[:300])  # inside the warcinfo record: warcio alone reports nothing
+  assert [(r["id"], r["reason"]) for r in web.read_pages(str(cut), "cut.warc.gz")] == [
+      ("web:cut.warc.gz#0", "malformed_warc_record")]
+  plain = io.BytesIO()
+  w = WARCWriter(plain, gzip=False)
+  w.write_record(w.create_warc_record("https://ex.com/a", "response", http_headers=_http("text/html"),
+                                      payload=io.BytesIO(PAGE.encode())))
+  cut = tmp_path / "cut.warc"
+  cut.write_bytes(plain.getvalue()[:-200])  # the page's body loses its last bytes
+  got = list(web.read_pages(str(cut), "cut.warc"))
+  assert [(r["id"], r.get("reason")) for r in got] == [("web:https://ex.com/a#0", "malformed_warc_record")]
+  assert "bytes missing" in got[0]["detail"]
 
 
 def test_categories():

@@ -6,9 +6,10 @@ recursively for both. Every page is one input and ends as a record (kind "web", 
 "web:<url-or-path>#<n>", n = the record's index in its WARC, 0 for an HTML file) or as one
 rejection of stage "web":
 
-- "malformed_warc_record": a response without a target URI or with an unparsable HTTP head, or
-  bytes that are no WARC record at all; warcio cannot resynchronise after the latter, so the rest
-  of that file counts as that one input (the detail says so);
+- "malformed_warc_record": a response without a target URI or with an unparsable HTTP head, a
+  record shorter than its Content-Length, or bytes that are no WARC record at all (or a .gz cut
+  short); warcio cannot resynchronise after the latter, so the rest of that file counts as that
+  one input (the detail says so);
 - "not_html": a response/resource whose Content-Type is not HTML, or an input file that is
   neither HTML nor WARC (named explicitly in `inputs`; inside directories only HTML and WARC files
   are read). warcinfo, request, metadata and revisit records are not pages and not inputs;
@@ -33,12 +34,14 @@ rich in Python and C code), found through importlib without importing pygame.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import importlib.util
 import math
 import os
 import pathlib
 import re
 import tempfile
+import zlib
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -186,9 +189,21 @@ def read_pages(path: str, name: str) -> Iterator[dict]:
     yield records.reject(f"web:{name}#0", STAGE, "not_html", f"{path}: neither HTML nor WARC")
 
 
+def _gzip_complete(path: str) -> bool:
+  """Whether every gzip member of `path` is complete (one more pass of C decompression)."""
+  try:
+    with gzip.open(path, "rb") as f:
+      while f.read(1 << 20):
+        pass
+  except (EOFError, OSError, zlib.error):
+    return False
+  return True
+
+
 def _read_warc(path: str, name: str) -> Iterator[dict]:
   from warcio.archiveiterator import ArchiveIterator
   from warcio.exceptions import ArchiveLoadFailed
+  low = path.lower()
   n = 0
   with open(path, "rb") as f:
     it = iter(ArchiveIterator(f))
@@ -196,8 +211,12 @@ def _read_warc(path: str, name: str) -> Iterator[dict]:
       try:
         rec = next(it)
       except StopIteration:
+        # warcio ends quietly where a .gz stops early: check the gzip stream's end marker.
+        if low.endswith(".gz") and not _gzip_complete(path):
+          yield records.reject(f"web:{name}#{n}", STAGE, "malformed_warc_record",
+                               f"{path}: gzip stream truncated after record {n}")
         return
-      except (ArchiveLoadFailed, ValueError, EOFError, OSError) as e:
+      except (ArchiveLoadFailed, ValueError, EOFError, OSError, zlib.error) as e:
         yield records.reject(f"web:{name}#{n}", STAGE, "malformed_warc_record",
                              f"{path} record {n}: {type(e).__name__}: {str(e)[:200]} "
                              "(the rest of the file cannot be read)")
@@ -225,6 +244,10 @@ def _read_warc(path: str, name: str) -> Iterator[dict]:
         yield records.reject(rid, STAGE, "malformed_warc_record",
                              f"{path}: payload unreadable: {type(e).__name__}: {e}")
         continue
+      if getattr(rec.raw_stream, "limit", 0):  # Content-Length promised more than the file has
+        yield records.reject(rid, STAGE, "malformed_warc_record",
+                             f"{path}: record truncated ({rec.raw_stream.limit} bytes missing)")
+        continue
       yield {"id": rid, "path": url or name, "url": url, "html": web_extract.decode_html(data, ctype)}
 
 
@@ -248,7 +271,10 @@ def page_language(langs: Sequence[str]) -> str:
 
 def process_page(page: dict, cfg: WebConfig, classifier=None) -> dict:
   """Page -> record (not yet rated) or rejection: extraction, no_text, recall, category."""
-  ex = web_extract.extract(page["html"])
+  try:
+    ex = web_extract.extract(page["html"])
+  except (ValueError, AssertionError, RecursionError) as e:  # html.parser on hostile markup
+    return records.reject(page["id"], STAGE, "unparsable_html", f"{type(e).__name__}: {e}")
   if len(ex.text.strip()) < cfg.min_chars:
     return records.reject(page["id"], STAGE, "no_text", f"{len(ex.text.strip())} characters")
   rule = ex.n_pre > 0 or ex.n_code >= max(cfg.min_code_tags, 1)
