@@ -12,7 +12,7 @@ Passes (each resumable: DIR/stages/<pass>/DONE is written last, and a rerun skip
   filter  ingest (1) -> syntax (2) -> dedup (3: repository, exact, near), plus commits (7) and web
           pages (8) -> DIR/stages/filter/
   scorer  the oracle labels a sample (4) and the quality scorer trains on it (5), in the driver
-  score   every record scored, the bottom scorer.drop_fraction dropped, decontamination (9),
+  score   every record scored, files below scorer.drop_percentile dropped, decontamination (9),
           repository-level records (6) -> DIR/stages/score/
   output  DIR/corpus/ (write_corpus: ArrayRecord + index), DIR/repo_corpus/, DIR/stats.json,
           DIR/decontamination.jsonl, DIR/report.html + PNGs (10)
@@ -77,7 +77,7 @@ def base() -> ml_collections.ConfigDict:
   c.oracle = ml_collections.ConfigDict(dict(enabled=False))
   c.scorer = ml_collections.ConfigDict(dict(
       enabled=False,
-      drop_fraction=0.1,  # the bottom share of records by score is dropped (the paper: ~10%)
+      drop_percentile=10.0,  # files scoring below this percentile are dropped (the paper: ~10%)
   ))
 
   # Stage 6: repository-level records, repositories selected by mean file score.

@@ -159,8 +159,8 @@ def test_bad_configs_refused_up_front(inputs, tmp_path):
     pipeline.make_plan(c, inputs)
   with pytest.raises(pipeline.ConfigError, match="not found.*missing_repo"):
     pipeline.make_plan(_config(), inputs + [str(tmp_path / "missing_repo")])
-  with pytest.raises(pipeline.ConfigError, match="drop_fraction"):
-    pipeline.make_plan(_config(**{"scorer.drop_fraction": 1.5}), inputs)
+  with pytest.raises(pipeline.ConfigError, match="drop_percentile"):
+    pipeline.make_plan(_config(**{"scorer.drop_percentile": 100.0}), inputs)
   assert not list(tmp_path.iterdir())  # nothing was written
 
 
@@ -175,12 +175,12 @@ def test_stats_accounting_from_pass_counts():
   filt = {"input/files": 10, "input/commits": 2, "kept/file": 6, "kept/commit": 2,
           "rejected/ingest/binary": 1, "rejected/ingest/corrupt_archive": 1,
           "rejected/dedup/exact_duplicate": 2, "stage/syntax/ok/python": 6}
-  score = {"kept/file": 5, "kept/commit": 2, "rejected/score/low_score": 1,
+  score = {"kept/file": 5, "kept/commit": 2, "rejected/scorer/low_quality": 1,
            "stage/repo/selected": 1}
   s = stats_lib.build_stats({"filter": filt, "score": score})
   assert s["input"] == 12 and s["kept"] == 7
   assert s["rejected"] == {"dedup/exact_duplicate": 2, "ingest/binary": 1,
-                           "ingest/corrupt_archive": 1, "score/low_score": 1}
+                           "ingest/corrupt_archive": 1, "scorer/low_quality": 1}
   assert s["passes"]["score"] == {"in": 8, "kept": 7, "rejected": 1}
   assert s["stages"] == {"repo": {"selected": 1}, "syntax": {"ok": {"python": 6}}}
   with pytest.raises(stats_lib.AccountingError, match="pass 'score': 8 records in"):

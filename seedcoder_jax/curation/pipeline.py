@@ -6,7 +6,8 @@ Passes (configs/curation.py describes the config groups):
 
   filter  (Beam)   ingest -> syntax -> dedup (repo, exact, near); commits and web records join
   scorer  (driver) the oracle labels a sample and the quality scorer trains on it
-  score   (Beam)   score every record, drop the bottom scorer.drop_fraction, decontaminate, build
+  score   (Beam)   score every record, drop the bottom scorer.drop_percentile % of files,
+                   decontaminate, build
                    repository-level records
   output  (driver) DIR/corpus (write_corpus), DIR/repo_corpus, DIR/decontamination.jsonl,
                    DIR/stats.json, DIR/report.html
@@ -51,7 +52,7 @@ class Plan:
   dedup: dedup.DedupConfig | None
   oracle: Any
   scorer: Any
-  drop_fraction: float
+  drop_percentile: float
   repo: repo_records.RepoConfig | None
   commits: Any
   web: Any
@@ -143,11 +144,12 @@ def make_plan(config, inputs: Sequence[str] | None = None) -> Plan:
   if not (dedup_cfg.exact or dedup_cfg.near or dedup_cfg.repo):
     dedup_cfg = None
   sc = dict(c["scorer"])
-  drop = float(sc.get("drop_fraction", 0.0))
-  if not 0.0 <= drop < 1.0:
-    raise ConfigError(f"config.scorer.drop_fraction={drop} must be in [0, 1)")
+  drop = float(sc.get("drop_percentile", 0.0))
+  if not 0.0 <= drop < 100.0:
+    raise ConfigError(f"config.scorer.drop_percentile={drop} must be in [0, 100)")
   oracle_cfg = _external("config.oracle", dict(c["oracle"]), "oracle", "OracleConfig")
-  scorer_cfg = _external("config.scorer", sc, "scorer", "ScorerConfig", ("enabled", "drop_fraction"))
+  scorer_cfg = _external("config.scorer", sc, "scorer", "ScorerConfig",
+                         ("enabled",) if _optional_module("scorer") else ("enabled", "drop_percentile"))
   if scorer_cfg is not None and oracle_cfg is None:
     raise ConfigError("config.scorer.enabled=True needs config.oracle.enabled=True (its labels)")
   rp = dict(c["repo"])
@@ -174,7 +176,7 @@ def make_plan(config, inputs: Sequence[str] | None = None) -> Plan:
       except FileNotFoundError as e:
         raise ConfigError(f"config.{name}: {e}") from e
   return Plan(seed=int(c["seed"]), inputs=paths, ingest=ingest_cfg, syntax=syntax_cfg,
-              dedup=dedup_cfg, oracle=oracle_cfg, scorer=scorer_cfg, drop_fraction=drop,
+              dedup=dedup_cfg, oracle=oracle_cfg, scorer=scorer_cfg, drop_percentile=drop,
               repo=repo_cfg, commits=commits_cfg, web=web_cfg, decontam=decontam_cfg,
               num_shards=num_shards, report=bool(out.get("report", True)))
 
@@ -288,10 +290,45 @@ def _filter_pass(p, plan: Plan, stage_dir: str) -> None:
 
 
 def _scorer_step(plan: Plan, workdir: str) -> dict:
-  """The oracle + scorer step (driver). Returns how records are scored in the next pass."""
+  """The oracle + scorer step (driver). Returns how records are scored in the next pass.
+
+  The oracle labels a deterministic sample of the filtered files (answers cached in
+  DIR/oracle_cache.sqlite, so a rerun never pays twice), the scorer trains on the labels and is
+  saved under DIR/stages/scorer/model (or scorer.checkpoint_dir), which the score pass loads
+  once per worker.
+  """
   if plan.scorer is None:
     return {"score_source": "heuristic", "score": source_files.SCORE_DESCRIPTION}
-  raise ConfigError("config.scorer.enabled=True: the scorer module is not wired in yet")
+  from seedcoder_jax.curation import oracle as oracle_lib
+  from seedcoder_jax.curation import oracle_backends
+  from seedcoder_jax.curation import scorer as scorer_lib
+  ocfg = plan.oracle
+  if not ocfg.cache_path:
+    ocfg = dataclasses.replace(ocfg, cache_path=f"{workdir}/oracle_cache.sqlite")
+  files = [r for r in _read_lines(f"{workdir}/stages/filter/records*.jsonl") if r["kind"] == "file"]
+  sample = oracle_lib.select_sample(files, ocfg)
+  _progress(f"oracle ({ocfg.backend}, {ocfg.model}): labelling {len(sample)} of {len(files)} files")
+  t0 = time.time()
+  annotated = oracle_lib.annotate(sample, oracle_backends.make_backend(ocfg), ocfg,
+                                  template=oracle_lib.load_prompt_template(ocfg.prompt_path),
+                                  cache=oracle_lib.OracleCache(ocfg.cache_path))
+  summary = oracle_lib.summarize(annotated)
+  _progress(f"oracle done in {time.time() - t0:.1f}s: {json.dumps(summary)}")
+  scfg = plan.scorer
+  if not scfg.checkpoint_dir:
+    scfg = dataclasses.replace(scfg, checkpoint_dir=f"{workdir}/stages/scorer/model")
+  scorer, train_report = scorer_lib.train_scorer(annotated, scfg)
+  scorer.save(scfg.checkpoint_dir)
+  _progress(f"scorer trained: held-out MAE {train_report['mae']:.2f} (mean baseline "
+            f"{train_report['mae_mean_baseline']:.2f}) on {train_report['n_heldout']} files")
+  with open(f"{workdir}/stages/scorer/oracle.jsonl", "w", encoding="utf-8") as f:
+    for r in annotated:
+      f.write(json.dumps({k: v for k, v in r.items() if k != "text"}, ensure_ascii=False) + "\n")
+  return {"score_source": "scorer",
+          "score": f"quality scorer ({scfg.backbone}, {scfg.n_layers} layers) trained on "
+                   f"{ocfg.backend} oracle labels of {ocfg.model}",
+          "checkpoint_dir": scfg.checkpoint_dir, "scorer_config": scfg.to_dict(),
+          "oracle": summary, "scorer": train_report}
 
 
 def _score_pass(p, plan: Plan, workdir: str, scoring: dict, index: dict | None) -> None:
@@ -300,26 +337,36 @@ def _score_pass(p, plan: Plan, workdir: str, scoring: dict, index: dict | None) 
   stage_dir = f"{workdir}/stages/score"
   counts, rejected = [], []
   recs = _read_jsonl(p, f"{workdir}/stages/filter/records*.jsonl", "Filtered")
-  scored = recs | "Score" >> beam.Map(
-      lambda r: {**r, "score": float(source_files.heuristic_score(r["text"]))})
-  if plan.drop_fraction > 0:
-    q = int(round(plan.drop_fraction * 1000))
-    threshold = (scored | "Scores" >> beam.Map(lambda r: r["score"])
+  if scoring["score_source"] == "scorer":
+    from seedcoder_jax.curation import scorer as scorer_lib
+    scfg = scorer_lib.ScorerConfig.from_dict(scoring["scorer_config"])
+    scored = recs | "Score" >> scorer_lib.ScoreFiles(scfg)
+  else:
+    scored = recs | "Score" >> beam.Map(
+        lambda r: {**r, "score": float(source_files.heuristic_score(r["text"])),
+                   "score_source": "heuristic"})
+  if plan.drop_percentile > 0:
+    # The paper's filter drops the bottom of the *files*; commits and web pages (rated by their
+    # own stage) are scored but not dropped here.
+    q = int(round(plan.drop_percentile * 10))
+    threshold = (scored | "FileScores" >> beam.FlatMap(
+                     lambda r: [r["score"]] if r["kind"] == "file" else [])
                  | "Quantiles" >> ApproximateQuantiles.Globally(1001)
-                 | "Threshold" >> beam.Map(lambda qs: float(qs[q]) if qs else 0.0))
+                 | "Threshold" >> beam.Map(lambda qs: float(qs[q]) if qs else float("-inf")))
 
     def drop(r, thr):
-      if r["score"] < thr:
+      if r["kind"] == "file" and r["score"] < thr:
         return records.tagged_rejection(records.reject(
-            r, "score", "low_score", f"{r['score']:.3f} < {thr:.3f} (bottom {plan.drop_fraction:g})"))
+            r, "scorer", "low_quality",
+            f"score={r['score']:.3f} < p{plan.drop_percentile:g}={thr:.3f}"))
       return r
 
     out = scored | "DropLow" >> beam.Map(drop, beam.pvalue.AsSingleton(threshold)).with_outputs(
         records.REJECTED, main="kept")
     scored = out["kept"]
     rejected.append(out[records.REJECTED])
-    counts.append(threshold | "ThresholdKey" >> beam.Map(
-        lambda t: (f"stage/score/threshold_x1000", int(round(t * 1000)))))
+    counts.append(threshold | "ThresholdKey" >> beam.FlatMap(
+        lambda t: [("stage/scorer/threshold_x1000", int(round(t * 1000)))] if t > -1 else []))
   if plan.decontam is not None:
     out = scored | "Decontam" >> decontam.decontam_transform(plan.decontam, index)
     scored = out["kept"]
