@@ -19,7 +19,7 @@ import pytest
 from seedcoder_jax import sandbox
 from seedcoder_jax.sandbox import isolation, process, runner
 
-BWRAP_OK, BWRAP_WHY = isolation.bwrap_works(isolation.UID_BASE if isolation.is_root() else None)
+BWRAP_OK, BWRAP_WHY = isolation.bwrap_works()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap cannot run here: {BWRAP_WHY}")
 
 

@@ -59,11 +59,12 @@ def prlimit_path():
 
 
 @functools.cache
-def bwrap_works(uid=None):
-  """Whether bwrap can build a sandbox here, probed once (as the sandbox uid when root).
+def bwrap_works():
+  """Whether bwrap can build a sandbox here, probed once per process.
 
-  Args:
-    uid: the host uid the probe runs as (None: the current one).
+  The probe runs as a leased sandbox uid (when root), as real runs do: a uid another run holds
+  could be swept by that run's cleanup mid-probe, and one failed probe would downgrade every
+  later run to the rlimits fallback.
 
   Returns:
     (ok, reason): reason says why not when ok is False.
@@ -74,11 +75,15 @@ def bwrap_works(uid=None):
   argv = [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"]
   argv += _root_symlinks() + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
                               "/usr/bin/true"]
-  kwargs = dict(user=uid, group=uid, extra_groups=[]) if uid is not None else {}
-  try:
-    proc = subprocess.run(argv, capture_output=True, timeout=30, **kwargs)
-  except (OSError, subprocess.SubprocessError) as e:
-    return False, f"bwrap probe failed: {e}"
+  with lease_uid() as uid:
+    kwargs = dict(user=uid, group=uid, extra_groups=[]) if uid is not None else {}
+    try:
+      proc = subprocess.run(argv, capture_output=True, timeout=30, **kwargs)
+    except (OSError, subprocess.SubprocessError) as e:
+      return False, f"bwrap probe failed: {e}"
+    finally:
+      if uid is not None:
+        kill_uid(uid)
   if proc.returncode != 0:
     return False, f"bwrap probe exited {proc.returncode}: {proc.stderr.decode()[-300:].strip()}"
   return True, ""

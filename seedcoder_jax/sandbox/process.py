@@ -134,10 +134,11 @@ def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=No
         if total > max_output_bytes:
           limited = True
           break
+  finally:
+    # Also when supervision itself failed (an exception, KeyboardInterrupt): nothing outlives it.
     if exited is None:
       kill_all()
       exited = _reap(proc)
-  finally:
     sel.close()
     os.close(pidfd)
     proc.stdout.close()

@@ -79,7 +79,7 @@ def resolve_isolation(requested=None):
                      f"(argument or ${_ISOLATION_ENV})")
   if requested == "rlimits":
     return "rlimits"
-  ok, why = iso.bwrap_works(iso.UID_BASE if iso.is_root() else None)
+  ok, why = iso.bwrap_works()
   if ok:
     return "bwrap"
   if requested == "bwrap":
