@@ -37,6 +37,13 @@ def test_humaneval_solution_planted_in_a_file(index):
   assert decontam.find_matches(" ".join(decontam._WORD.findall(sol)[20:30]), index, 10)
 
 
+def test_generic_ngrams_ignored(index):
+  """HumanEval/78's digit list "0, 1, ..., 9" is no evidence of contamination; its code is."""
+  assert decontam.find_matches("table = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n", index, 10) == {}
+  sol = decontam.humaneval_texts()["HumanEval/78"]
+  assert "HumanEval/78" in decontam.find_matches(sol, index, 10)
+
+
 def test_decontam_real_stdlib_files_clean(index):
   for name in ("decoder.py", "encoder.py", "scanner.py"):
     text = (STDLIB / "json" / name).read_text()

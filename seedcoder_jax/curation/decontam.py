@@ -7,9 +7,10 @@ and an n-gram of words spans a whole line or more of code. A record containing a
 n-gram is rejected "benchmark_overlap" (detail: the task ids); the pipeline also lists every match
 in DIR/decontamination.jsonl.
 
-Short, generic n-grams would flag innocent files: benchmark n-grams that also occur in more than
-`max_task_share` of the benchmark's own tasks (boilerplate such as `from typing import List`
-headers) are not used.
+Generic n-grams would flag innocent files, so two kinds of benchmark n-gram are not used: those
+with fewer than half of their words containing a letter (HumanEval/78 lists the digits
+"0, 1, 2, ..., 9", which any table of numbers repeats), and those that occur in more than
+`max_task_share` of the benchmark's own tasks (boilerplate shared across tasks).
 """
 
 from __future__ import annotations
@@ -64,11 +65,16 @@ def humaneval_texts() -> dict[str, str]:
 BENCHMARKS = {"humaneval": humaneval_texts}
 
 
-def ngram_keys(text: str, n: int) -> set[str]:
+def _informative(words: list[str]) -> bool:
+  return 2 * sum(any(c.isalpha() for c in w) for w in words) >= len(words)
+
+
+def ngram_keys(text: str, n: int, informative_only: bool = False) -> set[str]:
   """Digests of the word n-grams of `text` (a text with fewer words has none)."""
   words = _WORD.findall(text)
-  return {hashlib.blake2b(" ".join(words[i:i + n]).encode("utf-8"), digest_size=10).hexdigest()
-          for i in range(len(words) - n + 1)}
+  grams = (words[i:i + n] for i in range(len(words) - n + 1))
+  return {hashlib.blake2b(" ".join(g).encode("utf-8"), digest_size=10).hexdigest()
+          for g in grams if not informative_only or _informative(g)}
 
 
 def benchmark_index(cfg: DecontamConfig) -> dict[str, tuple[str, ...]]:
@@ -78,7 +84,7 @@ def benchmark_index(cfg: DecontamConfig) -> dict[str, tuple[str, ...]]:
     tasks = BENCHMARKS[name]()
     local: dict[str, list[str]] = {}
     for task_id, text in sorted(tasks.items()):
-      for key in ngram_keys(text, cfg.n):
+      for key in ngram_keys(text, cfg.n, informative_only=True):
         local.setdefault(key, []).append(task_id)
     limit = max(1, int(cfg.max_task_share * len(tasks)))
     for key, ids in local.items():
