@@ -79,3 +79,31 @@ def attention(q_BTHD, k_BSKD, v_BSKD, *, q_segment_ids_BT, kv_segment_ids_BS, q_
   if impl == "cudnn":
     return cudnn_attention(q_BTHD, k_BSKD, v_BSKD, mask_B1TS)
   raise ValueError(f"unknown attention implementation {impl!r}")
+
+
+def cached_attention(q_BTHD, k_BTKD, v_BTKD, k_cache_BSKD, v_cache_BSKD, valid_BS):
+  """Decode-step attention: T new queries over the cache's valid entries plus their own keys.
+
+  The new keys and values are not yet in the cache (the caller writes them after the layer
+  scan, one in-place update for all layers), so they are scored separately and joined before
+  the softmax; this reads the cache once and never copies it. Only T == 1 is supported: with
+  several new tokens, causality among them would need a mask. Scores and softmax in float32.
+  """
+  b, t, h, d = q_BTHD.shape
+  if t != 1:
+    raise ValueError(f"cached_attention decodes one token per row, got {t} queries")
+  n_kv = k_cache_BSKD.shape[2]
+  q_BTKGD = q_BTHD.reshape(b, t, n_kv, h // n_kv, d)
+  scale = d ** -0.5
+  cache_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_cache_BSKD,
+                           preferred_element_type=jnp.float32) * scale
+  cache_BKGTS = jnp.where(valid_BS[:, None, None, None, :], cache_BKGTS, jnp.finfo(jnp.float32).min)
+  self_BKGT1 = jnp.einsum("btkgd,btkd->bkgt", q_BTKGD, k_BTKD,
+                          preferred_element_type=jnp.float32)[..., None] * scale
+  probs_BKGTS = jax.nn.softmax(jnp.concatenate([cache_BKGTS, self_BKGT1], axis=-1), axis=-1)
+  s = k_cache_BSKD.shape[1]
+  out_BTKGD = jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS[..., :s].astype(v_cache_BSKD.dtype),
+                         v_cache_BSKD, preferred_element_type=jnp.float32)
+  out_BTKGD += jnp.einsum("bkgt,btkd->btkgd", probs_BKGTS[..., s].astype(v_BTKD.dtype), v_BTKD,
+                          preferred_element_type=jnp.float32)
+  return out_BTKGD.reshape(b, t, h, d).astype(q_BTHD.dtype)

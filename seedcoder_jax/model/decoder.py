@@ -82,10 +82,16 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
+  """Grouped-query attention. `mode` "train" is the plain forward; "prefill" also returns this
+  layer's keys and values (for a KV cache); "decode" attends T=1 new queries to a cache
+  (k_cache_BSKD, v_cache_BSKD, whose valid entries cache_valid_BS marks) plus themselves."""
+
   cfg: ModelConfig
+  mode: str = "train"
 
   @nn.compact
-  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT):
+  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT, k_cache_BSKD=None,
+               v_cache_BSKD=None, cache_valid_BS=None):
     c = self.cfg
     d, h, k, dh = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
     q_BTHD = DenseGeneral((d, h, dh), ("embed", "q_heads", "head_dim"), "btd,dhk->bthk", c,
@@ -102,12 +108,19 @@ class Attention(nn.Module):
     q_BTHD = nn.with_logical_constraint(q_BTHD, ("batch", "length", "q_heads", "head_dim"))
     k_BTKD = nn.with_logical_constraint(k_BTKD, ("batch", "length", "kv_heads", "head_dim"))
     v_BTKD = nn.with_logical_constraint(v_BTKD, ("batch", "length", "kv_heads", "head_dim"))
-    out_BTHD = attention_lib.attention(
-        q_BTHD, k_BTKD, v_BTKD, q_segment_ids_BT=segment_ids_BT, kv_segment_ids_BS=segment_ids_BT,
-        q_index_BT=index_BT, kv_index_BS=index_BT, impl=c.attention_impl)
+    if self.mode == "decode":
+      out_BTHD = attention_lib.cached_attention(q_BTHD, k_BTKD, v_BTKD, k_cache_BSKD, v_cache_BSKD,
+                                                cache_valid_BS)
+    else:
+      out_BTHD = attention_lib.attention(
+          q_BTHD, k_BTKD, v_BTKD, q_segment_ids_BT=segment_ids_BT, kv_segment_ids_BS=segment_ids_BT,
+          q_index_BT=index_BT, kv_index_BS=index_BT, impl=c.attention_impl)
     out_BTHD = nn.with_logical_constraint(out_BTHD, ("batch", "length", "q_heads", "head_dim"))
-    return DenseGeneral((h, dh, d), ("q_heads", "head_dim", "embed"), "bthk,hkd->btd", c,
-                        name="o_proj")(out_BTHD)
+    out_BTD = DenseGeneral((h, dh, d), ("q_heads", "head_dim", "embed"), "bthk,hkd->btd", c,
+                           name="o_proj")(out_BTHD)
+    if self.mode == "train":
+      return out_BTD
+    return out_BTD, (k_BTKD, v_BTKD)
 
 
 class MLP(nn.Module):
@@ -126,45 +139,80 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block; the signature fits `nn.scan` (carry, *broadcast) -> (carry, None)."""
+  """Pre-norm transformer block; the signature fits `nn.scan` (carry, *xs) -> (carry, ys).
+
+  In "train" mode ys is None; in "prefill" and "decode" it is this layer's new (keys, values),
+  which the scan stacks over layers (the KV cache's leading axis)."""
 
   cfg: ModelConfig
+  mode: str = "train"
 
   @nn.compact
-  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT):
+  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT, k_cache_BSKD=None,
+               v_cache_BSKD=None, cache_valid_BS=None):
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
     h_BTD = RMSNorm(self.cfg.rms_norm_eps, name="attn_norm")(x_BTD)
-    x_BTD = x_BTD + Attention(self.cfg, name="attn")(h_BTD, segment_ids_BT, positions_BT, index_BT)
+    attn = Attention(self.cfg, self.mode, name="attn")
+    if self.mode == "train":
+      attn_BTD, new_kv = attn(h_BTD, segment_ids_BT, positions_BT, index_BT), None
+    else:
+      attn_BTD, new_kv = attn(h_BTD, segment_ids_BT, positions_BT, index_BT, k_cache_BSKD,
+                              v_cache_BSKD, cache_valid_BS)
+    x_BTD = x_BTD + attn_BTD
     h_BTD = RMSNorm(self.cfg.rms_norm_eps, name="mlp_norm")(x_BTD)
     x_BTD = x_BTD + MLP(self.cfg, name="mlp")(h_BTD)
-    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), None
+    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), new_kv
 
 
 class Decoder(nn.Module):
+  """The decoder. `mode` "train": logits [B, T, V] (or hidden states) of every position.
+
+  "prefill" and "decode" (the sampler's path, see model/kv_cache.py) return the logits of the
+  last position only, [B, 1, V], with the stacked new keys and values ([L, B, T, K, Dh] each);
+  "decode" takes the cache as `kv_cache` = (k_LBSKD, v_LBSKD, valid_BS).
+  """
+
   cfg: ModelConfig
+  mode: str = "train"
 
   @nn.compact
-  def __call__(self, tokens_BT, segment_ids_BT, positions_BT, return_hidden: bool = False):
+  def __call__(self, tokens_BT, segment_ids_BT, positions_BT, return_hidden: bool = False,
+               kv_cache=None):
     c = self.cfg
     embed_VD = Embed(c, name="embed")()
     # Gather from a table whose d_model dim is whole: otherwise the gradient's scatter-add needs
     # the batch-sharded cotangent resharded over d_model, which XLA does by full replication.
     x_BTD = jnp.take(nn.with_logical_constraint(embed_VD, ("vocab", None)), tokens_BT, axis=0)
     index_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+    layer_args = (x_BTD, segment_ids_BT, positions_BT, index_BT)
+    if self.mode == "decode":
+      k_cache_LBSKD, v_cache_LBSKD, valid_BS = kv_cache
 
     block = Block
-    if c.remat != "none":
+    if c.remat != "none" and self.mode == "train":
       block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
     if c.scan_layers:
+      in_axes = (nn.broadcast, nn.broadcast, nn.broadcast)
+      if self.mode == "decode":
+        in_axes += (0, 0, nn.broadcast)
+        layer_args += (k_cache_LBSKD, v_cache_LBSKD, valid_BS)
       layers = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.n_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
-      x_BTD, _ = layers(x_BTD, segment_ids_BT, positions_BT, index_BT)
+          in_axes=in_axes, length=c.n_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(c, self.mode, name="layers")
+      x_BTD, new_kv = layers(*layer_args)
     else:
+      new = []
       for i in range(c.n_layers):
-        x_BTD, _ = block(c, name=f"layers_{i}")(x_BTD, segment_ids_BT, positions_BT, index_BT)
+        cache_args = ()
+        if self.mode == "decode":
+          cache_args = (k_cache_LBSKD[i], v_cache_LBSKD[i], valid_BS)
+        x_BTD, kv = block(c, self.mode, name=f"layers_{i}")(x_BTD, *layer_args[1:], *cache_args)
+        new.append(kv)
+      new_kv = None if self.mode == "train" else jax.tree.map(lambda *xs: jnp.stack(xs), *new)
 
+    if self.mode != "train":
+      x_BTD = x_BTD[:, -1:]  # the sampler reads the next-token logits of the last position only
     x_BTD = RMSNorm(c.rms_norm_eps, name="final_norm")(x_BTD)
     if return_hidden:  # the final-normed hidden states (a scorer or value head reads these)
       return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
@@ -175,4 +223,7 @@ class Decoder(nn.Module):
     else:
       logits_BTV = DenseGeneral((c.d_model, c.vocab_size), ("embed", "vocab"), "btd,dv->btv", c,
                                 name="lm_head")(x_BTD)
-    return nn.with_logical_constraint(logits_BTV, ("batch", "length", "vocab"))
+    logits_BTV = nn.with_logical_constraint(logits_BTV, ("batch", "length", "vocab"))
+    if self.mode == "train":
+      return logits_BTV
+    return logits_BTV, new_kv

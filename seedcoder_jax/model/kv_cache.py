@@ -1,0 +1,68 @@
+"""A preallocated KV cache for the decoder: prefill a padded prompt batch, then decode one token.
+
+The cache is a dict of arrays:
+  k, v   [L, B, S, K, Dh]   keys (after RoPE) and values of every layer, in the compute dtype
+  valid  [B, S] bool        which cache slots hold a real token of that row
+
+S is fixed when the cache is made, so every decode step has one shape and compiles once. Rows
+may be padded anywhere (the sampler left-pads): a padded slot is simply not `valid`, and each
+token's RoPE position is given explicitly, so a padded row computes exactly what it would alone.
+Under a mesh (`seedcoder_jax.sharding.activate`) the cache shards like the activations: batch over
+(data, fsdp), kv heads over tensor.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seedcoder_jax.model.config import ModelConfig
+from seedcoder_jax.model.decoder import Decoder
+
+CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+
+
+def _constrain(cache):
+  return {"k": nn.with_logical_constraint(cache["k"], CACHE_AXES),
+          "v": nn.with_logical_constraint(cache["v"], CACHE_AXES),
+          "valid": nn.with_logical_constraint(cache["valid"], ("batch", "length"))}
+
+
+def prefill(cfg: ModelConfig, params, tokens_BT, segment_ids_BT, positions_BT, cache_len: int):
+  """Runs the prompt batch; returns (next-token logits [B, V] float32, cache of length cache_len).
+
+  tokens_BT: the prompts, padding where segment_ids_BT is 0 (padding attends only to padding and
+  is never valid in the cache). positions_BT: RoPE positions of the real tokens (0, 1, ... per
+  row). The logits are those of the last column, so rows must end there (left padding).
+  """
+  b, t = tokens_BT.shape
+  if t > cache_len:
+    raise ValueError(f"prompt length {t} exceeds the cache length {cache_len}")
+  logits_B1V, (k_LBTKD, v_LBTKD) = Decoder(cfg, "prefill").apply(
+      {"params": params}, tokens_BT, segment_ids_BT, positions_BT)
+  pad = ((0, 0), (0, 0), (0, cache_len - t), (0, 0), (0, 0))
+  cache = {"k": jnp.pad(k_LBTKD, pad), "v": jnp.pad(v_LBTKD, pad),
+           "valid": jnp.pad(segment_ids_BT != 0, ((0, 0), (0, cache_len - t)))}
+  return logits_B1V[:, 0], _constrain(cache)
+
+
+def decode_step(cfg: ModelConfig, params, cache, tokens_B, positions_B, index):
+  """Feeds one token per row, written at cache slot `index` (a traced int, the same for all rows).
+
+  Returns (next-token logits [B, V] float32, the updated cache). Every row's slot `index` becomes
+  valid, so a row whose output is no longer wanted still decodes (harmlessly) in lockstep.
+  """
+  tokens_B1 = tokens_B[:, None].astype(jnp.int32)
+  positions_B1 = positions_B[:, None].astype(jnp.int32)
+  logits_B1V, (k_LB1KD, v_LB1KD) = Decoder(cfg, "decode").apply(
+      {"params": params}, tokens_B1, jnp.ones_like(tokens_B1), positions_B1,
+      kv_cache=(cache["k"], cache["v"], cache["valid"]))
+  zero = jnp.zeros((), jnp.int32)
+  start = (zero, zero, jnp.asarray(index, jnp.int32), zero, zero)
+  b = tokens_B.shape[0]
+  cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_LB1KD.astype(cache["k"].dtype), start),
+           "v": jax.lax.dynamic_update_slice(cache["v"], v_LB1KD.astype(cache["v"].dtype), start),
+           "valid": jax.lax.dynamic_update_slice(cache["valid"], jnp.ones((b, 1), bool),
+                                                 (zero, jnp.asarray(index, jnp.int32)))}
+  return logits_B1V[:, 0], _constrain(cache)

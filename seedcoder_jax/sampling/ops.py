@@ -1,0 +1,66 @@
+"""Next-token selection maths: repetition penalty, temperature, top-k, top-p, sampling, log-probs.
+
+Small pure functions over a batch of float32 logits [B, V] with per-row settings [B], so one
+compiled decode step serves a batch that mixes greedy and sampled rows. The order follows Hugging
+Face's logits processors: repetition penalty, then temperature, then top-k, then top-p.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+def repetition_penalty(logits_BV, seen_BV, penalty_B):
+  """CTRL / Hugging Face penalty on tokens already seen (prompt or output): a positive logit is
+  divided by the penalty, a negative one multiplied, so the token always becomes less likely.
+  A penalty of 1 leaves the row unchanged (exactly)."""
+  p_B1 = penalty_B[:, None]
+  penalised_BV = jnp.where(logits_BV > 0, logits_BV / p_B1, logits_BV * p_B1)
+  return jnp.where(seen_BV, penalised_BV, logits_BV)
+
+
+def top_k_top_p_mask(logits_BV, top_k_B, top_p_B):
+  """Boolean [B, V]: the tokens top-k and then top-p keep (always at least the most likely one).
+
+  top_k 0 keeps every token; top_p 1.0 keeps every token. Top-p keeps the smallest set of most
+  likely tokens (after top-k, renormalised) whose probability reaches top_p, as Hugging Face's
+  TopPLogitsWarper does. Tokens tied with the last kept logit are kept too.
+  """
+  v = logits_BV.shape[-1]
+  sorted_BV = -jnp.sort(-logits_BV, axis=-1)  # descending
+  rank_V = jnp.arange(v)
+  k_B = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, v), v)
+  in_top_k_BV = rank_V[None, :] < k_B[:, None]
+  probs_BV = jax.nn.softmax(jnp.where(in_top_k_BV, sorted_BV, NEG_INF), axis=-1)
+  mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+  keep_BV = in_top_k_BV & ((mass_before_BV < top_p_B[:, None]) | (rank_V[None, :] == 0))
+  n_keep_B = jnp.sum(keep_BV, axis=-1)
+  cutoff_B = jnp.take_along_axis(sorted_BV, (n_keep_B - 1)[:, None], axis=-1)
+  return logits_BV >= cutoff_B
+
+
+def select(logits_BV, keys_B, *, temperature_B, top_k_B, top_p_B, penalty_B, seen_BV,
+           filtered: bool):
+  """Picks one token per row; returns (tokens [B] int32, log-probabilities [B] float32).
+
+  Rows with temperature 0 take the argmax of the penalised logits, and their log-probability is
+  under the penalised distribution at temperature 1 (with no penalty: the model's own). Other rows
+  sample from softmax(penalised / temperature) restricted to the top-k/top-p set, and their
+  log-probability is under that same distribution. `filtered` (static) skips the vocabulary
+  sort when no row uses top-k or top-p.
+  """
+  logits_BV = repetition_penalty(logits_BV, seen_BV, penalty_B)
+  greedy_B = temperature_B <= 0
+  scaled_BV = logits_BV / jnp.where(greedy_B, 1.0, temperature_B)[:, None]
+  if filtered:
+    scaled_BV = jnp.where(top_k_top_p_mask(scaled_BV, top_k_B, top_p_B), scaled_BV, NEG_INF)
+  sampled_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BV)
+  tokens_B = jnp.where(greedy_B, jnp.argmax(logits_BV, axis=-1), sampled_B).astype(jnp.int32)
+  # Greedy rows have scaled == penalised logits (temperature 1) unless filtered; the argmax is
+  # always kept by the filter, and greedy rows carry no filter (see Sampler), so this holds.
+  logprobs_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
+  logprobs_B = jnp.take_along_axis(logprobs_BV, tokens_B[:, None], axis=-1)[:, 0]
+  return tokens_B, logprobs_B
