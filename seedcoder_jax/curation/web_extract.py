@@ -15,6 +15,7 @@ Counts of `<pre>` and `<code>` elements come back with the text: stage 8's tag r
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import html.parser
 import re
@@ -64,6 +65,7 @@ class _Parser(html.parser.HTMLParser):
   def __init__(self):
     super().__init__(convert_charrefs=True)
     self.stack: list[tuple[str, str]] = []  # (tag, language declared by its class)
+    self.open = collections.Counter()        # tag -> how many are on the stack
     self.skip_depth = 0                      # > 0: inside a dropped element (its stack depth)
     self.blocks: list[str] = []
     self.inline: list[str] = []
@@ -93,6 +95,7 @@ class _Parser(html.parser.HTMLParser):
       return
     classes = a.get("class") or ""
     self.stack.append((tag, class_language(classes)))
+    self.open[tag] += 1
     if self.skip_depth:
       return
     if (tag in SKIP_TAGS or (a.get("role") or "") in SKIP_ROLES
@@ -124,11 +127,12 @@ class _Parser(html.parser.HTMLParser):
     if tag == "title" and self.title is not None:
       self.title_text = re.sub(r"\s+", " ", "".join(self.title)).strip()
       self.title = None
-    if tag in VOID_TAGS or not any(t == tag for t, _ in self.stack):
+    if tag in VOID_TAGS or not self.open[tag]:
       return  # a stray end tag: nothing to close
     while self.stack:
       depth = len(self.stack)
       open_tag, _ = self.stack.pop()
+      self.open[open_tag] -= 1
       if self.skip_depth and depth <= self.skip_depth:
         self.skip_depth = 0
       elif not self.skip_depth:
