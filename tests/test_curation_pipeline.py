@@ -187,3 +187,13 @@ def test_stats_accounting_from_pass_counts():
     stats_lib.build_stats({"filter": filt, "score": {**score, "kept/file": 4}})
   with pytest.raises(stats_lib.AccountingError, match="pass 'filter'"):
     stats_lib.build_stats({"filter": {**filt, "input/files": 11}, "score": score})
+
+
+def test_beam_options_pass_through():
+  from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+  default = pipeline.beam_options([])
+  assert default.view_as(StandardOptions).runner == "FnApiRunner"  # never the Prism download
+  opts = pipeline.beam_options(["--runner=DataflowRunner", "--project=p", "--direct_num_workers=2"])
+  assert opts.view_as(StandardOptions).runner == "DataflowRunner"
+  assert opts.get_all_options()["project"] == "p"
+  assert opts.view_as(DirectOptions).direct_num_workers == 2
