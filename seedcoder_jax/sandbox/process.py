@@ -54,7 +54,7 @@ def memfd(name, data, *, sealed=True):
 
 
 def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=None, cwd=None,
-            env=None, kill_tree=None):
+            env=None, kill_tree=None, tree_dies_with_command=False):
   """Runs argv in a new session and supervises it until it and its tree are gone.
 
   Args:
@@ -62,11 +62,13 @@ def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=No
     stdin: bytes given to the command's stdin (an in-memory file, so no writer thread).
     timeout_s: wall-clock limit; past it the tree is killed.
     max_output_bytes: cap on stdout + stderr together; past it the tree is killed.
-    pass_fds: fds the command inherits (bwrap's --file and --ro-bind-fd sources).
+    pass_fds: fds the command inherits (bwrap's --file sources).
     uid: run as this uid and gid with no supplementary groups (None: as the caller).
     cwd, env: for the command (None: inherit).
     kill_tree: callable that kills every process the run left (called after the command exits or
       is killed); None: kill the command's process group only.
+    tree_dies_with_command: the command's exit already ends its whole tree (bwrap: its init
+      takes the pid namespace down), so kill_tree is only needed when the command is killed.
 
   Returns:
     RawRun.
@@ -82,13 +84,13 @@ def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=No
   finally:
     os.close(stdin_fd)
 
-  def kill_all():
+  def kill_all(after_exit=False):
     # The session's process group first (works without root), then everything the uid owns.
     try:
       os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
       pass
-    if kill_tree is not None:
+    if kill_tree is not None and not (after_exit and tree_dies_with_command):
       kill_tree()
 
   out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
@@ -119,7 +121,7 @@ def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=No
         if key.fd == pidfd:
           sel.unregister(pidfd)
           exited = _reap(proc)
-          kill_all()  # background processes holding our pipes die now.
+          kill_all(after_exit=True)  # background processes holding our pipes die now.
           drain_deadline = time.monotonic() + 2.0
           continue
         try:

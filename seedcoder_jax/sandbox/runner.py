@@ -232,7 +232,8 @@ def _step(mode, plan, command, *, uid, workdir, files, stdin, timeout_s, cpu_s, 
     try:
       raw = process.execute(argv + rl + iso.cpu_report_argv(cpu_fd) + command, stdin=stdin,
                             timeout_s=timeout_s, max_output_bytes=limits["max_output_bytes"],
-                            pass_fds=pass_fds, uid=uid, kill_tree=kill_tree)
+                            pass_fds=pass_fds, uid=uid, kill_tree=kill_tree,
+                            tree_dies_with_command=True)
     except OSError as e:
       return _StepRun(None, b"", f"sandbox could not start bwrap: {e}".encode(), False, False,
                       0.0, 0.0, setup_failed=True)
