@@ -32,7 +32,8 @@ class Result:
       compile_error, stderr holds the compiler's diagnostics.
     isolation: "bwrap" or "rlimits" (the weaker fallback: no namespaces).
     wall_s: wall-clock seconds of the run step (the build step excluded).
-    cpu_s: CPU seconds of the run step's whole process tree.
+    cpu_s: CPU seconds of the program and the children it waited for. Under bwrap the shell that
+      waits for the program reports them, so a killed run (timeout, output cap) shows ~0.
     compile_s: wall-clock seconds of the build step (0 for interpreted languages).
   """
   status: str
