@@ -46,11 +46,20 @@ def _survivors(marker, wait_s=3.0):
     time.sleep(0.05)
 
 
+def _host_traces(marker):
+  """Files named after marker in the places a program would drop them on the host."""
+  places = ["/tmp", "/var/tmp", "/dev/shm", os.getcwd(), str(pathlib.Path.home())]
+  return [os.path.join(d, n) for d in places if os.path.isdir(d) for n in os.listdir(d)
+          if marker in n]
+
+
 def _run(source, marker, **kwargs):
+  """Runs a hostile program with marker in its argv; asserts nothing survived or leaked."""
   kwargs.setdefault("timeout_s", 5.0)
   kwargs.setdefault("memory_mb", 256)
   result = sandbox.run_code(textwrap.dedent(source), argv=[marker], **kwargs)
   assert _survivors(marker) == [], f"processes survived the run: {result}"
+  assert _host_traces(marker) == [], f"the run left files on the host: {result}"
   return result
 
 
@@ -182,7 +191,7 @@ def test_private_tmpfs_is_capped():
 def test_home_directory_secrets_are_invisible():
   marker = _marker()
   home = pathlib.Path.home()
-  secret = home / f".{marker}_secret"
+  secret = home / f".sbxsecret{uuid.uuid4().hex[:12]}"
   token = uuid.uuid4().hex
   secret.write_text(token)
   try:
@@ -277,8 +286,13 @@ def test_double_forked_daemons_die_with_the_run():
         if os.fork() == 0:
           # the grandchild: a daemon that would keep running (and holds our stdout open)
           subprocess.Popen(["/bin/sh", "-c", "sleep 300", "{marker}"], start_new_session=True)
-          while True:
-            time.sleep(0.1)
+          while True:  # keeps trying to leave a file behind on the host
+            for d in ("/tmp", "/dev/shm", os.path.expanduser("~")):
+              try:
+                open(os.path.join(d, "{marker}.daemon"), "a").write("x")
+              except OSError:
+                pass
+            time.sleep(0.05)
         os._exit(0)
       time.sleep(0.3)
       print("parent done")
@@ -341,7 +355,7 @@ def test_rlimits_fallback_cannot_read_a_private_home_or_write_a_private_dir(tmp_
   if pathlib.Path.home().stat().st_mode & 0o001:
     pytest.skip(f"{pathlib.Path.home()} is world-searchable: the fallback cannot hide it")
   marker = _marker()
-  secret = pathlib.Path.home() / f".{marker}_secret"
+  secret = pathlib.Path.home() / f".sbxsecret{uuid.uuid4().hex[:12]}"
   secret.write_text("token")
   victim = tmp_path / "victim.txt"
   victim.write_text("original")
