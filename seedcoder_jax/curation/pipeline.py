@@ -150,7 +150,7 @@ def make_plan(config, inputs: Sequence[str] | None = None) -> Plan:
   oracle_cfg = _external("config.oracle", dict(c["oracle"]), "oracle", "OracleConfig")
   scorer_cfg = _external("config.scorer", sc, "scorer", "ScorerConfig",
                          ("enabled",) if _optional_module("scorer") else ("enabled", "drop_percentile"))
-  if scorer_cfg is not None and oracle_cfg is None:
+  if scorer_cfg is not None and oracle_cfg is None:  # the scorer learns the oracle's labels
     raise ConfigError("config.scorer.enabled=True needs config.oracle.enabled=True (its labels)")
   rp = dict(c["repo"])
   repo_cfg = _build(repo_records.RepoConfig, "config.repo", rp, ("enabled",)) \
@@ -297,11 +297,11 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
   saved under DIR/stages/scorer/model (or scorer.checkpoint_dir), which the score pass loads
   once per worker.
   """
-  if plan.scorer is None:
-    return {"score_source": "heuristic", "score": source_files.SCORE_DESCRIPTION}
+  heuristic = {"score_source": "heuristic", "score": source_files.SCORE_DESCRIPTION}
+  if plan.oracle is None:
+    return heuristic
   from seedcoder_jax.curation import oracle as oracle_lib
   from seedcoder_jax.curation import oracle_backends
-  from seedcoder_jax.curation import scorer as scorer_lib
   ocfg = plan.oracle
   if not ocfg.cache_path:
     ocfg = dataclasses.replace(ocfg, cache_path=f"{workdir}/oracle_cache.sqlite")
@@ -312,8 +312,14 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
   annotated = oracle_lib.annotate(sample, oracle_backends.make_backend(ocfg), ocfg,
                                   template=oracle_lib.load_prompt_template(ocfg.prompt_path),
                                   cache=oracle_lib.OracleCache(ocfg.cache_path))
-  summary = oracle_lib.summarize(annotated)
-  _progress(f"oracle done in {time.time() - t0:.1f}s: {json.dumps(summary)}")
+  summary = {**oracle_lib.summarize(annotated), "seconds": round(time.time() - t0, 1)}
+  _progress(f"oracle done: {json.dumps(summary)}")
+  with open(f"{workdir}/stages/scorer/oracle.jsonl", "w", encoding="utf-8") as f:
+    for r in annotated:
+      f.write(json.dumps({k: v for k, v in r.items() if k != "text"}, ensure_ascii=False) + "\n")
+  if plan.scorer is None:  # labels only (e.g. to check the oracle); scores stay heuristic
+    return {**heuristic, "oracle": summary}
+  from seedcoder_jax.curation import scorer as scorer_lib
   scfg = plan.scorer
   if not scfg.checkpoint_dir:
     scfg = dataclasses.replace(scfg, checkpoint_dir=f"{workdir}/stages/scorer/model")
@@ -321,9 +327,6 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
   scorer.save(scfg.checkpoint_dir)
   _progress(f"scorer trained: held-out MAE {train_report['mae']:.2f} (mean baseline "
             f"{train_report['mae_mean_baseline']:.2f}) on {train_report['n_heldout']} files")
-  with open(f"{workdir}/stages/scorer/oracle.jsonl", "w", encoding="utf-8") as f:
-    for r in annotated:
-      f.write(json.dumps({k: v for k, v in r.items() if k != "text"}, ensure_ascii=False) + "\n")
   return {"score_source": "scorer",
           "score": f"quality scorer ({scfg.backbone}, {scfg.n_layers} layers) trained on "
                    f"{ocfg.backend} oracle labels of {ocfg.model}",
@@ -429,7 +432,9 @@ def _output_step(plan: Plan, workdir: str, scoring: dict, pass_counts: dict) -> 
     languages[r["language"]] = languages.get(r["language"], 0) + 1
   stats = stats_lib.build_stats(
       {"filter": pass_counts["filter"], "score": pass_counts["score"]},
-      extra={"score_source": scoring["score_source"], "kept_by_language": languages,
+      extra={"score_source": scoring["score_source"],
+             **{k: scoring[k] for k in ("oracle", "scorer") if k in scoring},
+             "kept_by_language": languages,
              "repo_records": len(repos), "decontamination_matches": len(matches),
              "outputs": outputs})
   if len(recs) != stats["kept"]:
@@ -476,9 +481,9 @@ def run(config, workdir: str, *, inputs: Sequence[str] | None = None,
   else:
     _progress("pass filter: already done, skipped")
   if not done("scorer").exists():
-    _progress("step scorer")
-    scoring = _scorer_step(plan, workdir)
+    _progress("step oracle + scorer")
     (stages / "scorer").mkdir(parents=True, exist_ok=True)
+    scoring = _scorer_step(plan, workdir)
     (stages / "scorer" / "scoring.json").write_text(json.dumps(scoring, indent=1) + "\n")
     done("scorer").write_text("{}\n")
   scoring = json.loads((stages / "scorer" / "scoring.json").read_text())
