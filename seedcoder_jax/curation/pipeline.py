@@ -14,9 +14,11 @@ Passes (configs/curation.py describes the config groups):
 
 Each pass writes DIR/stages/<pass>/ and, last, DIR/stages/<pass>/DONE; a rerun skips passes whose
 DONE exists, and refuses a workdir made with a different config. Beam passes read and write JSON
-lines through Beam's IO, so with `--runner=DataflowRunner` (or Flink, Spark) and a gs:// workdir
-for the stages they run on a cluster unchanged; the driver steps (scorer training, the final
-write_corpus) run where data/curate.py runs.
+lines through Beam's IO and take their runner from the pass-through options (`--runner=
+DataflowRunner`, Flink, Spark; without one, the in-process FnApiRunner). The driver steps (the
+oracle and scorer training, the final write_corpus, stats and report) use local paths: on a
+cluster DIR must be a filesystem both the driver and the workers see (NFS, gcsfuse); gs:// URLs
+as DIR are not supported yet (ingest inputs may be gs:// archives).
 """
 
 from __future__ import annotations
