@@ -114,6 +114,8 @@ def test_bad_arguments_are_refused_naming_them():
     sandbox.run_code("print(1)", language="cobol", timeout_s=1)
   with pytest.raises(ValueError, match="files key '../x'"):
     sandbox.run_code("print(1)", files={"../x": "y"}, timeout_s=1)
+  with pytest.raises(TypeError, match="argv must be a sequence of str"):
+    sandbox.run_code("print(1)", argv="-x", timeout_s=1)
   with pytest.raises(ValueError, match="isolation must be"):
     sandbox.run_code("print(1)", isolation="docker", timeout_s=1)
   with pytest.raises(ValueError, match="job 1 has no 'source'"):

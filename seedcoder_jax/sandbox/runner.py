@@ -105,9 +105,11 @@ def _decode(data):
   return data.decode("utf-8", errors="replace")
 
 
-def _check(source, language, files, **limits):
+def _check(source, language, files, argv, **limits):
   if not isinstance(source, str):
     raise TypeError(f"run_code: source must be str, got {type(source).__name__}")
+  if isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
+    raise TypeError(f"run_code: argv must be a sequence of str, got {argv!r}")
   languages.canonical(language)
   for name, value in limits.items():
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -127,7 +129,7 @@ def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=5
   Args:
     source: the program text.
     language: "python", "cpp", "java" or "javascript" (aliases: py, c++, js, node).
-    stdin: text or bytes given to the program's stdin.
+    stdin: text or bytes given to the program's stdin (None: empty).
     timeout_s: wall-clock limit of the run step; the CPU-time limit is its ceiling.
     memory_mb: address-space limit (Python, C++) or heap limit (Java, JavaScript: see languages).
     files: extra {relative path: str | bytes} placed beside the program (test harnesses); for
@@ -144,7 +146,7 @@ def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=5
   Returns:
     Result. Problems of the program never raise; bad arguments raise ValueError/TypeError.
   """
-  _check(source, language, files, timeout_s=timeout_s, memory_mb=memory_mb,
+  _check(source, language, files, argv, timeout_s=timeout_s, memory_mb=memory_mb,
          max_output_bytes=max_output_bytes, max_procs=max_procs, max_file_mb=max_file_mb,
          disk_mb=disk_mb, compile_timeout_s=compile_timeout_s)
   mode = resolve_isolation(isolation)
@@ -157,7 +159,7 @@ def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=5
   all_files = dict(plan.files)
   for name, data in (files or {}).items():
     all_files[os.path.normpath(name)] = data.encode() if isinstance(data, str) else bytes(data)
-  stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+  stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin or b"")
   limits = dict(max_output_bytes=int(max_output_bytes), max_procs=int(max_procs),
                 file_bytes=int(max_file_mb * _MB), tmpfs_bytes=int(disk_mb * _MB))
   with iso.lease_uid() as uid, contextlib.ExitStack() as stack:
