@@ -143,3 +143,18 @@ def test_syntax_on_real_sources():
   out = syntax.check_syntax({**md, "language": "python", "text": text[:cut]})
   assert out["reason"] == "syntax_error"
   assert out["detail"].startswith(f"errors at {text[:cut].count(chr(10)) + 1}:"), out["detail"]
+
+
+def test_git_working_tree(tmp_path):
+  """A git checkout is one repository: its working tree is read, its object store is not."""
+  from dulwich import porcelain
+  repo = tmp_path / "proj"
+  shutil.copytree(STDLIB / "json", repo, ignore=shutil.ignore_patterns("__pycache__"))
+  porcelain.init(str(repo))
+  porcelain.add(str(repo), [str(p) for p in repo.glob("*.py")])
+  porcelain.commit(str(repo), message=b"import json", author=b"a <a@b>", committer=b"a <a@b>")
+  assert (repo / ".git" / "objects").is_dir()
+  items = list(ingest.ingest_paths([str(repo)], ingest.IngestConfig()))
+  assert sorted(i["id"] for i in items) == sorted(
+      f"file:proj/{p.name}" for p in repo.iterdir() if p.is_file())
+  assert all("text" in i and i["language"] == "python" for i in items)
