@@ -169,6 +169,9 @@ def test_tiny_config_plan():
   assert 15 <= len(plan.inputs) <= 30 and plan.syntax is not None and plan.decontam is not None
   full = curation_configs.get_config("full")
   assert all(p.startswith("gs://YOUR_BUCKET/") for p in full.ingest.inputs)
+  # The placeholders are refused up front, naming them (here: no GCS filesystem or bucket).
+  with pytest.raises(pipeline.ConfigError, match="gs://YOUR_BUCKET/repos/000000.tar.gz"):
+    pipeline.make_plan(full)
 
 
 def test_stats_accounting_from_pass_counts():

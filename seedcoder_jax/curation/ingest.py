@@ -136,8 +136,11 @@ def check_inputs(paths: Iterable[str]) -> list[str]:
         bad.append(f"{p} (remote inputs must be .tar/.tar.gz archives, one per repository)")
         continue
       from apache_beam.io.filesystems import FileSystems
-      if not FileSystems.exists(p):
-        missing.append(p)
+      try:
+        if not FileSystems.exists(p):
+          missing.append(p)
+      except Exception as e:  # pylint: disable=broad-except  # no such filesystem, no credentials
+        bad.append(f"{p} (cannot be checked: {type(e).__name__}: {e})")
     elif not os.path.exists(p):
       missing.append(p)
     elif not os.path.isdir(p) and not is_archive(p):
