@@ -29,6 +29,7 @@ Variants:
          running. Paper-scale MinHash (256 permutations) and the scorer's full settings.
 """
 
+import os
 import sysconfig
 
 import ml_collections
@@ -106,7 +107,8 @@ def base() -> ml_collections.ConfigDict:
 def tiny() -> ml_collections.ConfigDict:
   c = base()
   stdlib = sysconfig.get_paths()["stdlib"]
-  c.ingest.inputs = tuple(f"{stdlib}/{p}" for p in TINY_PACKAGES)
+  # lib2to3 left the stdlib in Python 3.13: take the packages this interpreter has.
+  c.ingest.inputs = tuple(f"{stdlib}/{p}" for p in TINY_PACKAGES if os.path.isdir(f"{stdlib}/{p}"))
   c.commits.enabled = True  # the project's own history (commits.repos empty = this checkout)
   c.commits.max_commits = 40
   c.web.enabled = True  # pygame's HTML docs (~80 pages)
