@@ -143,6 +143,13 @@ def test_rerun_resumes(curated, inputs, capfd):
   assert pipeline.run(cfg, str(workdir), inputs=inputs) == stats
   assert {p: p.stat().st_mtime_ns for p in done} == done
   assert "pass filter: already done, skipped" in capfd.readouterr().err
+  # A score pass killed midway (no DONE, a stale shard of another shard count) is redone cleanly.
+  (workdir / "stages" / "score" / "DONE").unlink()
+  stale = workdir / "stages" / "score" / "records-00000-of-00002.jsonl"
+  stale.write_text((workdir / "stages" / "score" / "records-00000-of-00001.jsonl").read_text())
+  assert pipeline.run(cfg, str(workdir), inputs=inputs) == stats
+  assert not stale.exists()
+  assert (workdir / "stages" / "filter" / "DONE").stat().st_mtime_ns == done[workdir / "stages" / "filter" / "DONE"]
   other = _config(**{"ingest.max_bytes": 100})
   with pytest.raises(pipeline.ConfigError, match="different config"):
     pipeline.run(other, str(workdir), inputs=inputs)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import sys
 import time
 from typing import Any, Sequence
@@ -472,8 +473,17 @@ def run(config, workdir: str, *, inputs: Sequence[str] | None = None,
   def done(name):
     return stages / name / "DONE"
 
+  def start(name):
+    # A pass killed midway leaves shards that its rerun might not overwrite (another shard
+    # count): a pass always starts from an empty folder.
+    shutil.rmtree(stages / name, ignore_errors=True)
+    (stages / name).mkdir(parents=True)
+    for later in PASSES[PASSES.index(name) + 1:]:  # they read this pass's output: redo them
+      (stages / later / "DONE").unlink(missing_ok=True)
+
   if not done("filter").exists():
     _progress(f"pass filter: {len(plan.inputs)} input path(s)")
+    start("filter")
     secs = _run_beam("filter", lambda p: _filter_pass(p, plan, str(stages / "filter")), beam_args)
     c = read_counts(str(stages / "filter"))
     stats_lib.check_pass("filter", c, sum(v for k, v in c.items() if k.startswith("input/")))
@@ -484,13 +494,14 @@ def run(config, workdir: str, *, inputs: Sequence[str] | None = None,
     _progress("pass filter: already done, skipped")
   if not done("scorer").exists():
     _progress("step oracle + scorer")
-    (stages / "scorer").mkdir(parents=True, exist_ok=True)
+    start("scorer")
     scoring = _scorer_step(plan, workdir)
     (stages / "scorer" / "scoring.json").write_text(json.dumps(scoring, indent=1) + "\n")
     done("scorer").write_text("{}\n")
   scoring = json.loads((stages / "scorer" / "scoring.json").read_text())
   if not done("score").exists():
     _progress(f"pass score ({scoring['score_source']} scores)")
+    start("score")
     secs = _run_beam("score", lambda p: _score_pass(p, plan, str(wd), scoring, index), beam_args)
     done("score").write_text(json.dumps({"seconds": secs}) + "\n")
     _progress(f"pass score done in {secs:.1f}s")
@@ -498,8 +509,8 @@ def run(config, workdir: str, *, inputs: Sequence[str] | None = None,
     _progress("pass score: already done, skipped")
   counts = {"filter": read_counts(str(stages / "filter")), "score": read_counts(str(stages / "score"))}
   if not done("output").exists():
+    start("output")
     stats = _output_step(plan, str(wd), scoring, counts)
-    (stages / "output").mkdir(parents=True, exist_ok=True)
     done("output").write_text("{}\n")
   else:
     stats = json.loads((wd / "stats.json").read_text())
