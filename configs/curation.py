@@ -75,7 +75,18 @@ def base() -> ml_collections.ConfigDict:
 
   # Stages 4-5: the LLM oracle labels a sample, the scorer learns it (helper F's modules). Off:
   # records are scored by seedcoder_jax.input.source_files.heuristic_score (stats.json says so).
-  c.oracle = ml_collections.ConfigDict(dict(enabled=False))
+  # oracle: seedcoder_jax.curation.oracle.OracleConfig (any of its fields may be set here).
+  c.oracle = ml_collections.ConfigDict(dict(
+      enabled=False,
+      backend="geval",  # geval | sampler | http (OpenAI-compatible: also set base_url, model)
+      model="gguf:smollm2",  # the packaged SmolLM2-135M-Instruct
+      base_url="",
+      sample_size=48,  # files labelled (a deterministic sample)
+      max_code_chars=1000,
+      max_prompt_tokens=512,
+      batch_size=8,
+      cache_path="",  # "" = DIR/oracle_cache.sqlite
+  ))
   c.scorer = ml_collections.ConfigDict(dict(
       enabled=False,
       drop_percentile=10.0,  # files scoring below this percentile are dropped (the paper: ~10%)

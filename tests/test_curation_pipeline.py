@@ -164,6 +164,15 @@ def test_bad_configs_refused_up_front(inputs, tmp_path):
   c.syntax.enable = False
   with pytest.raises(pipeline.ConfigError, match=r"config\.syntax\.enable\b"):
     pipeline.make_plan(c, inputs)
+  for group, key in (("oracle", "smaple_size"), ("commits", "max_comits"), ("web", "min_char")):
+    c = _config()
+    c[group][key] = 3  # other helpers' stage configs refuse unknown keys too, naming them
+    with pytest.raises(pipeline.ConfigError, match=f"config.{group}.*{key}"):
+      pipeline.make_plan(c, inputs)
+  c = _config()
+  c.typo_group = 1
+  with pytest.raises(pipeline.ConfigError, match=r"config\.typo_group"):
+    pipeline.make_plan(c, inputs)
   with pytest.raises(pipeline.ConfigError, match="not found.*missing_repo"):
     pipeline.make_plan(_config(), inputs + [str(tmp_path / "missing_repo")])
   with pytest.raises(pipeline.ConfigError, match="drop_percentile"):
