@@ -31,6 +31,7 @@ def junk_repo(tmp_path_factory):
   (root / ".git").mkdir()
   (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
   os.symlink(root / "decoder.py", root / "link.py")
+  os.mkfifo(root / "pipe.py")  # opening it for reading would block
   return root
 
 
@@ -58,6 +59,7 @@ def test_ingest_directory_rejections(junk_repo):
   assert reason["file:jsonplus/huge.py"] == "too_large"
   assert reason["file:jsonplus/notes.txt"] == "unknown_language"
   assert reason["file:jsonplus/link.py"] == "symlink"
+  assert reason["file:jsonplus/pipe.py"] == "unreadable"
   assert not any(".git" in k for k in items)  # VCS metadata is not part of the tree
   decoder = items["file:jsonplus/decoder.py"]
   assert decoder["language"] == "python" and decoder["kind"] == "file"
@@ -66,7 +68,7 @@ def test_ingest_directory_rejections(junk_repo):
   assert items["file:jsonplus/run"]["language"] == "python"
   assert items["file:jsonplus/deploy"]["language"] == "shell"
   # Every file on disk (outside .git) is accounted for exactly once.
-  on_disk = [p for p in junk_repo.rglob("*") if (p.is_file() or p.is_symlink()) and ".git" not in p.parts]
+  on_disk = [p for p in junk_repo.rglob("*") if not p.is_dir() and ".git" not in p.parts]
   assert len(items) == len(on_disk)
 
 

@@ -22,6 +22,7 @@ import io
 import os
 import pathlib
 import posixpath
+import stat
 import tarfile
 from typing import Iterable, Iterator
 
@@ -172,7 +173,10 @@ def read_file(repo: str, path: str, full: str, cfg: IngestConfig) -> dict:
   if os.path.islink(full):
     return records.reject(rid, STAGE, "symlink", os.readlink(full))
   try:
-    size = os.path.getsize(full)
+    st = os.stat(full)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever
+      return records.reject(rid, STAGE, "unreadable", "not a regular file (FIFO, socket, device)")
+    size = st.st_size
     if size > cfg.max_bytes:  # don't read a huge file only to reject it
       return records.reject(rid, STAGE, "too_large", f"{size} bytes > {cfg.max_bytes}")
     with open(full, "rb") as f:
