@@ -120,8 +120,10 @@ def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=No
       for key, _ in sel.select(timeout=wait):
         if key.fd == pidfd:
           sel.unregister(pidfd)
+          # Background processes holding our pipes die now; before the reap, while the command
+          # is a zombie, so its pid (the group id) cannot have been reused.
+          kill_all(after_exit=True)
           exited = _reap(proc)
-          kill_all(after_exit=True)  # background processes holding our pipes die now.
           drain_deadline = time.monotonic() + 2.0
           continue
         try:
