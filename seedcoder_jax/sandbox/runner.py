@@ -89,12 +89,13 @@ def resolve_isolation(requested=None):
 
 
 def _work_root():
-  """Parent of the host work dirs: $SEEDCODER_SANDBOX_TMPDIR or /tmp/seedcoder-sandbox-work.
+  """Parent of the host work dirs: $SEEDCODER_SANDBOX_TMPDIR or /tmp/seedcoder-sandbox-work[-uid].
 
   Not tempfile's default: the sandbox uid must traverse every parent (bwrap binds the dir as that
   uid, and the fallback runs in it), which a private temp dir such as pytest's is not.
   """
-  root = os.environ.get(_TMPDIR_ENV) or os.path.join("/tmp", "seedcoder-sandbox-work")
+  user = "" if os.geteuid() == 0 else f"-{os.geteuid()}"  # each user its own: root's is 0711.
+  root = os.environ.get(_TMPDIR_ENV) or f"/tmp/seedcoder-sandbox-work{user}"
   os.makedirs(root, exist_ok=True)
   if os.stat(root).st_uid == os.geteuid():
     os.chmod(root, 0o711)  # others may pass through, not list.
