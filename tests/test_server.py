@@ -392,6 +392,10 @@ def test_smollm2_chat_over_http_equals_sampler_and_transformers_template(tmp_pat
     client = openai.OpenAI(base_url=bg.base_url, api_key="unused", max_retries=0, timeout=600)
     got = client.chat.completions.create(model="smollm2", messages=SMOL_MESSAGES, max_tokens=48,
                                          temperature=0)
+    # top_k (an extension field) reaches the sampler: with k = 1 sampling is greedy.
+    top1 = client.chat.completions.create(model="smollm2", messages=SMOL_MESSAGES, max_tokens=48,
+                                          temperature=0.8, seed=3, extra_body={"top_k": 1})
+  assert top1.choices[0].message.content == want.text
   assert got.choices[0].message.content == want.text
   assert "def" in want.text and "return" in want.text, want.text  # a real answer, not noise
   assert got.usage.prompt_tokens == len(ids)
