@@ -66,9 +66,8 @@ def _log_softmax_at(logits_of, prompt, new):
 # --- exactness against full forward passes ----------------------------------------------------
 
 def test_greedy_matches_full_forward_reference(params, prompts, greedy, logits_of):
-  # The shortest and longest prompts against reference.greedy_continue (it compiles per length).
-  for i in (0, 3):
-    assert greedy[i].tokens == reference.greedy_continue(CFG, params, prompts[i], N_NEW), i
+  # A 40-token prompt in a padded batch against reference.greedy_continue (it compiles per length).
+  assert greedy[3].tokens == reference.greedy_continue(CFG, params, prompts[3], N_NEW)
   # Every row (two padded batches) against step-by-step argmax of the full forward.
   for i, (p, c) in enumerate(zip(prompts, greedy)):
     seq = list(p)
@@ -86,16 +85,19 @@ def test_design_generate_contract(params, prompts, greedy):
 def test_logprobs_are_log_softmax_of_forward_logits(sampler, prompts, greedy, logits_of):
   for p, c in zip(prompts[:4], greedy[:4]):
     np.testing.assert_allclose(c.logprobs, _log_softmax_at(logits_of, p, c.tokens), atol=2e-4)
-  # Temperature 1 without top-k/top-p samples from the model's own distribution.
-  out = sampler.generate(prompts[:4], SamplingParams(max_new_tokens=N_NEW, temperature=1.0))
-  for p, c in zip(prompts[:4], out):
+  # Temperature 1 without top-k/top-p samples from the model's own distribution (the fourth row's
+  # top-k puts the batch on the filtered path, which must leave the other rows whole).
+  rows = [SamplingParams(max_new_tokens=N_NEW, temperature=1.0, seed=i) for i in range(3)]
+  rows.append(SamplingParams(max_new_tokens=N_NEW, temperature=1.0, top_k=5))
+  out = sampler.generate(prompts[:4], rows)
+  for p, c in zip(prompts[:3], out):
     np.testing.assert_allclose(c.logprobs, _log_softmax_at(logits_of, p, c.tokens), atol=2e-4)
 
 
 def test_mixed_rows_and_per_row_lengths(sampler, prompts, greedy):
   # Sampled and greedy rows, different lengths, in one batch: greedy rows are unaffected.
   rows = [SamplingParams(max_new_tokens=N_NEW), SamplingParams(max_new_tokens=5, temperature=0.8),
-          SamplingParams(max_new_tokens=3), SamplingParams(max_new_tokens=N_NEW, temperature=1.5)]
+          SamplingParams(max_new_tokens=3), SamplingParams(max_new_tokens=N_NEW, temperature=1.5, top_p=0.9)]
   out = sampler.generate(prompts[:4], rows)
   assert out[0].tokens == greedy[0].tokens
   assert out[2].tokens == greedy[2].tokens[:3]
@@ -171,11 +173,11 @@ def test_sampling_frequencies(temperature, top_k, top_p):
   n = 20_000
   logits = np.tile(np.log(PROBS).astype(np.float32), (n, 1))
   keys = jax.random.split(jax.random.key(0), n)
-  tokens, logprobs = jax.jit(ops.select, static_argnames="filtered")(
+  tokens, logprobs = jax.jit(ops.select, static_argnames="kind")(
       logits, keys, temperature_B=np.full(n, temperature, np.float32),
       top_k_B=np.full(n, top_k, np.int32), top_p_B=np.full(n, top_p, np.float32),
       penalty_B=np.ones(n, np.float32), seen_BV=np.zeros(logits.shape, bool),
-      filtered=top_k > 0 or top_p < 1)
+      kind="filtered" if top_k > 0 or top_p < 1 else "sample")
   expected = PROBS ** (1 / temperature)
   kept = np.asarray(ops.top_k_top_p_mask(np.log(PROBS)[None], np.array([top_k]),
                                          np.array([top_p], np.float32))[0])
@@ -195,7 +197,7 @@ def test_greedy_select_and_repetition_penalty():
   token, logprob = ops.select(logits, jax.random.split(jax.random.key(0), 1),
                               temperature_B=np.zeros(1, np.float32), top_k_B=np.zeros(1, np.int32),
                               top_p_B=np.ones(1, np.float32), penalty_B=np.array([2.0], np.float32),
-                              seen_BV=seen, filtered=False)
+                              seen_BV=seen, kind="greedy")
   assert int(token[0]) == 3  # 1.9 beats the penalised 2.0 -> 1.0
   np.testing.assert_allclose(logprob, jax.nn.log_softmax(penalised[0])[3], atol=1e-6)
 
@@ -322,3 +324,38 @@ def test_sharded_equals_single_device(params, sampler, prompts):
   assert [c.tokens for c in got] == [c.tokens for c in expected]
   for c, e in zip(got, expected):
     np.testing.assert_allclose(c.logprobs, e.logprobs, atol=1e-4)
+
+
+# --- transformers' greedy generate on SmolLM2-135M's real weights -----------------------------
+
+HF_PROMPTS = [
+    "def is_prime(n):\n",
+    '# Python\ndef fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+    "import numpy as np\n\n\n# The mean of a list of numbers.\ndef mean(xs):",
+]
+
+
+@pytest.mark.slow
+def test_greedy_matches_transformers_generate_smollm2(tmp_path):
+  from seedcoder_jax.interop import gguf
+  from seedcoder_jax.sampling import load_model
+  from refenv import run_reference
+  try:
+    path = gguf.smollm2_path()
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+  cfg, params, tok = load_model("gguf:smollm2")
+  ids = [tok.encode(p) for p in HF_PROMPTS]
+  n_new = 24
+  out = Sampler(cfg, params, tokenizer=tok, max_batch=4).generate(ids, SamplingParams(n_new))
+  (tmp_path / "request.json").write_text(json.dumps({"prompts": ids, "max_new_tokens": n_new}))
+  # transformers alone takes minutes to load this GGUF and generate on a busy 2-core machine.
+  run_reference("gguf_generate.py", path, tmp_path / "request.json", tmp_path, timeout=2400)
+  result = json.loads((tmp_path / "result.json").read_text())
+  eos = result["eos_token_id"]
+  eos = {eos} if isinstance(eos, int) else set(eos)
+  assert tok.eos_id in eos
+  for c, ref in zip(out, result["generated"]):
+    stopped = bool(ref) and ref[-1] in eos
+    assert c.tokens == (ref[:-1] if stopped else ref)
+    assert c.finish_reason == ("stop" if stopped else "length")

@@ -36,31 +36,40 @@ def top_k_top_p_mask(logits_BV, top_k_B, top_p_B):
   in_top_k_BV = rank_V[None, :] < k_B[:, None]
   probs_BV = jax.nn.softmax(jnp.where(in_top_k_BV, sorted_BV, NEG_INF), axis=-1)
   mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-  keep_BV = in_top_k_BV & ((mass_before_BV < top_p_B[:, None]) | (rank_V[None, :] == 0))
+  # top_p 1 keeps all: float32 cumulative sums can reach 1 before the last (tiny) probabilities.
+  keep_BV = in_top_k_BV & ((mass_before_BV < top_p_B[:, None]) | (top_p_B[:, None] >= 1)
+                           | (rank_V[None, :] == 0))
   n_keep_B = jnp.sum(keep_BV, axis=-1)
   cutoff_B = jnp.take_along_axis(sorted_BV, (n_keep_B - 1)[:, None], axis=-1)
   return logits_BV >= cutoff_B
 
 
-def select(logits_BV, keys_B, *, temperature_B, top_k_B, top_p_B, penalty_B, seen_BV,
-           filtered: bool):
+SELECT_KINDS = ("greedy", "sample", "filtered")
+
+
+def select(logits_BV, keys_B, *, temperature_B, top_k_B, top_p_B, penalty_B, seen_BV, kind: str):
   """Picks one token per row; returns (tokens [B] int32, log-probabilities [B] float32).
 
   Rows with temperature 0 take the argmax of the penalised logits, and their log-probability is
   under the penalised distribution at temperature 1 (with no penalty: the model's own). Other rows
   sample from softmax(penalised / temperature) restricted to the top-k/top-p set, and their
-  log-probability is under that same distribution. `filtered` (static) skips the vocabulary
-  sort when no row uses top-k or top-p.
+  log-probability is under that same distribution. `kind` (static) says what the batch needs:
+  "greedy" (every row greedy: no random draws), "sample" (no row uses top-k/top-p: no vocabulary
+  sort) or "filtered".
   """
+  if kind not in SELECT_KINDS:
+    raise ValueError(f"select kind {kind!r} is not one of {SELECT_KINDS}")
   logits_BV = repetition_penalty(logits_BV, seen_BV, penalty_B)
   greedy_B = temperature_B <= 0
-  scaled_BV = logits_BV / jnp.where(greedy_B, 1.0, temperature_B)[:, None]
-  if filtered:
-    scaled_BV = jnp.where(top_k_top_p_mask(scaled_BV, top_k_B, top_p_B), scaled_BV, NEG_INF)
-  sampled_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BV)
-  tokens_B = jnp.where(greedy_B, jnp.argmax(logits_BV, axis=-1), sampled_B).astype(jnp.int32)
-  # Greedy rows have scaled == penalised logits (temperature 1) unless filtered; the argmax is
-  # always kept by the filter, and greedy rows carry no filter (see Sampler), so this holds.
+  tokens_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  scaled_BV = logits_BV
+  if kind != "greedy":
+    scaled_BV = logits_BV / jnp.where(greedy_B, 1.0, temperature_B)[:, None]
+    if kind == "filtered":
+      # Greedy rows carry top_k 0 and top_p 1 (see Sampler): their distribution stays whole.
+      scaled_BV = jnp.where(top_k_top_p_mask(scaled_BV, top_k_B, top_p_B), scaled_BV, NEG_INF)
+    sampled_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BV)
+    tokens_B = jnp.where(greedy_B, tokens_B, sampled_B).astype(jnp.int32)
   logprobs_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
   logprobs_B = jnp.take_along_axis(logprobs_BV, tokens_B[:, None], axis=-1)[:, 0]
   return tokens_B, logprobs_B

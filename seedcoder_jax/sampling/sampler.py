@@ -84,8 +84,8 @@ def _bucket(n: int, minimum: int = 1) -> int:
 _ROW_FIELDS = ("temperature", "top_k", "top_p", "penalty", "seed")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "filtered"))
-def _prefill(params, tokens_BT, segment_ids_BT, positions_BT, rows, *, cfg, cache_len, filtered):
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "kind"))
+def _prefill(params, tokens_BT, segment_ids_BT, positions_BT, rows, *, cfg, cache_len, kind):
   """Prefill and the first token; returns (decode state, tokens [B], log-probs [B])."""
   logits_BV, cache = kv_cache.prefill(cfg, params, tokens_BT, segment_ids_BT, positions_BT,
                                       cache_len)
@@ -99,31 +99,31 @@ def _prefill(params, tokens_BT, segment_ids_BT, positions_BT, rows, *, cfg, cach
   state = {"cache": cache, "seen": seen_BV, "keys": keys_B, "rows": rows,
            "token": jnp.zeros((b,), jnp.int32), "position": jnp.sum(segment_ids_BT != 0, axis=1),
            "index": jnp.asarray(t, jnp.int32), "step": jnp.asarray(0, jnp.int32)}
-  return _pick(state, logits_BV, filtered)
+  return _pick(state, logits_BV, kind)
 
 
-def _pick(state, logits_BV, filtered):
+def _pick(state, logits_BV, kind):
   """Selects the next tokens from logits and advances the step counters."""
   rows = state["rows"]
   step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state["keys"], state["step"])
   token_B, logprob_B = ops.select(
       logits_BV, step_keys_B, temperature_B=rows["temperature"], top_k_B=rows["top_k"],
-      top_p_B=rows["top_p"], penalty_B=rows["penalty"], seen_BV=state["seen"], filtered=filtered)
+      top_p_B=rows["top_p"], penalty_B=rows["penalty"], seen_BV=state["seen"], kind=kind)
   b = token_B.shape[0]
   state = dict(state, token=token_B, step=state["step"] + 1,
                seen=state["seen"].at[jnp.arange(b), token_B].set(True))
   return state, token_B, logprob_B
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n_steps", "filtered"), donate_argnums=(1,))
-def _decode(params, state, *, cfg, n_steps, filtered):
+@functools.partial(jax.jit, static_argnames=("cfg", "n_steps", "kind"), donate_argnums=(1,))
+def _decode(params, state, *, cfg, n_steps, kind):
   """n_steps decode steps; returns (state, tokens [B, n_steps], log-probs [B, n_steps])."""
 
   def step(state, _):
     logits_BV, cache = kv_cache.decode_step(cfg, params, state["cache"], state["token"],
                                             state["position"], state["index"])
     state = dict(state, cache=cache, position=state["position"] + 1, index=state["index"] + 1)
-    state, token_B, logprob_B = _pick(state, logits_BV, filtered)
+    state, token_B, logprob_B = _pick(state, logits_BV, kind)
     return state, (token_B, logprob_B)
 
   state, (tokens_NB, logprobs_NB) = jax.lax.scan(step, state, None, length=n_steps)
@@ -295,7 +295,9 @@ class Sampler:
         "seed": np.array([p.seed for p in ps], np.uint32),
         "index": np.arange(first_index, first_index + b, dtype=np.int32),
     }
-    filtered = any(r > 0 for r in rows["top_k"]) or any(r < 1 for r in rows["top_p"])
+    kind = "greedy" if not any(sampled) else "sample"
+    if any(r > 0 for r in rows["top_k"]) or any(r < 1 for r in rows["top_p"]):
+      kind = "filtered"
     out = [_Row(row_params[i], self._stop_ids(row_params[i]), len(ids[i])) for i in range(n)]
     max_new = max(p.max_new_tokens for p in row_params)
 
@@ -304,14 +306,14 @@ class Sampler:
       if self.mesh is not None:
         inputs = sharding_lib.place_batch(inputs, self.mesh)
       state, token_B, logprob_B = _prefill(self.params, *inputs, cfg=self.cfg,
-                                           cache_len=cache_len, filtered=filtered)
+                                           cache_len=cache_len, kind=kind)
       self._record(out, np.asarray(token_B)[:, None], np.asarray(logprob_B)[:, None])
       done = 1
       # One chunk length per batch (one decode program); the last chunk may overshoot max_new.
       n_steps = min(MAX_CHUNK, _bucket(max_new - 1))
       while done < max_new and any(r.finish_reason is None for r in out):
         state, tokens_BN, logprobs_BN = _decode(self.params, state, cfg=self.cfg, n_steps=n_steps,
-                                                filtered=filtered)
+                                                kind=kind)
         self._record(out, np.asarray(tokens_BN), np.asarray(logprobs_BN))
         done += n_steps
     return [r.completion(self.tokenizer) for r in out]
