@@ -255,6 +255,8 @@ def test_bad_requests_get_openai_errors(tiny):
       ({**ok, "stop": [1]}, 400, "stop", "invalid_type", []),
       ({**ok, "stream": "yes"}, 400, "stream", "invalid_type", ["boolean"]),
       ({**ok, "logprobs": 3}, 400, "logprobs", "invalid_value", []),
+      ({**ok, "ignore_eos": True}, 400, "ignore_eos", "unknown_parameter", ["ignore_eos"]),
+      ({**ok, "messages": []}, 400, "messages", "unknown_parameter", []),
   ]
   for body, status, param, code, words in cases:
     _assert_error(_post(bg, "/completions", body), status, param, code, words)
@@ -270,6 +272,8 @@ def test_bad_requests_get_openai_errors(tiny):
       ({**chat, "messages": [{"role": "user", "content": "a " * CONTEXT}]}, 400, "messages",
        "context_length_exceeded", []),
       ({**chat, "model": "other"}, 404, "model", "model_not_found", []),
+      ({**chat, "prompt": "x"}, 400, "prompt", "unknown_parameter", []),
+      ({**chat, "tools": [{"type": "function"}]}, 400, "tools", "unsupported_parameter", []),
   ]
   for body, status, param, code, words in chat_cases:
     _assert_error(_post(bg, "/chat/completions", body), status, param, code, words)

@@ -19,8 +19,9 @@ streaming clients work, without token-by-token latency.
 
 Not supported, refused with a 400 that says so: top-k alternatives in logprobs (the sampler
 returns the sampled token's log-probability only), presence/frequency penalties, logit_bias,
-best_of != n, tools. Log-probabilities are the sampler's (see sampling/ops.py: the distribution
-each token was drawn from).
+best_of != n, tools, structured response formats, and any field this server does not know
+("Unrecognized request argument supplied", as OpenAI answers). Log-probabilities are the
+sampler's (see sampling/ops.py: the distribution each token was drawn from).
 
 Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 for bad JSON,
 missing or mistyped fields, values out of range, max_tokens above the server's limit and prompts
@@ -152,7 +153,23 @@ def _check_range(name: str, value, lo=None, hi=None, *, lo_open: bool = False) -
                    param=name, code="invalid_value")
 
 
-def _refuse_unsupported(body: dict) -> None:
+# The fields each route reads; anything else is refused by name, as OpenAI's API does, rather
+# than silently ignored. "user", "metadata", "store" and "service_tier" only label a request.
+_COMMON_FIELDS = {
+    "model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "n", "stop",
+    "seed", "logprobs", "stream", "stream_options", "presence_penalty", "frequency_penalty",
+    "logit_bias", "user", "metadata", "store", "service_tier"}
+COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "suffix", "echo", "best_of"}
+CHAT_FIELDS = _COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs",
+                                "response_format", "tools", "tool_choice", "functions",
+                                "function_call", "parallel_tool_calls"}
+
+
+def _refuse_unsupported(body: dict, known: set) -> None:
+  unknown = sorted(set(body) - known)
+  if unknown:
+    raise ApiError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}",
+                   param=unknown[0], code="unknown_parameter")
   _field(body, "stream", bool)
   _field(body, "stream_options", dict)
   for name in ("presence_penalty", "frequency_penalty"):
@@ -162,10 +179,14 @@ def _refuse_unsupported(body: dict) -> None:
   if _field(body, "logit_bias", dict):
     raise ApiError(400, "'logit_bias' is not supported.", param="logit_bias",
                    code="unsupported_parameter")
-  if body.get("tools") or body.get("functions"):
-    param = "tools" if body.get("tools") else "functions"
-    raise ApiError(400, "Tool and function calling are not supported.", param=param,
-                   code="unsupported_parameter")
+  for name in ("tools", "functions"):
+    if body.get(name):
+      raise ApiError(400, "Tool and function calling are not supported.", param=name,
+                     code="unsupported_parameter")
+  response_format = _field(body, "response_format", dict)
+  if response_format is not None and response_format.get("type") != "text":
+    raise ApiError(400, "Only response_format {'type': 'text'} is supported.",
+                   param="response_format", code="unsupported_value")
 
 
 def _stop_sequences(body: dict) -> tuple[str, ...]:
@@ -343,7 +364,7 @@ class OpenAIServer:
 
   async def completions(self, body: dict) -> dict:
     self.check_model(body)
-    _refuse_unsupported(body)
+    _refuse_unsupported(body, COMPLETION_FIELDS)
     logprobs = _field(body, "logprobs", int)
     _check_range("logprobs", logprobs, 0, 0)  # top alternatives: the sampler does not return them
     echo = _field(body, "echo", bool, False)
@@ -370,7 +391,7 @@ class OpenAIServer:
 
   async def chat_completions(self, body: dict) -> dict:
     self.check_model(body)
-    _refuse_unsupported(body)
+    _refuse_unsupported(body, CHAT_FIELDS)
     if self.chat_format is None:
       raise ApiError(400, "This model has no chat format; use /v1/completions.",
                      code="unsupported_route")
