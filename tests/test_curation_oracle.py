@@ -344,3 +344,32 @@ def test_geval_on_smollm2_matches_the_decoders_logits():
                                         p_after_one[close].sum(), 0.0)
     assert answer.status == "ok" and 0.0 <= answer.score <= 10.0
     assert math.isclose(answer.score, want.score, abs_tol=1e-3), (answer, want)
+
+
+@pytest.mark.slow
+def test_http_backend_on_the_projects_server_equals_the_sampler_backend(tmp_path):
+  """The HTTP client against the project's own OpenAI-compatible server (SmolLM2, greedy) gets
+  the same answers as the local sampler backend on the same prompts."""
+  from seedcoder_jax import sampling
+  from seedcoder_jax.sampling import server, server_chat
+  from seedcoder_jax.input import source_files
+  cfg = oracle.OracleConfig(backend="sampler", max_code_chars=300, max_prompt_tokens=448,
+                            max_new_tokens=64, batch_size=4)
+  root = source_files.default_source_dir()
+  records = [_record(i, (root / name).read_text()) for i, name in
+             enumerate(("bisect.py", "colorsys.py", "keyword.py"))]
+  template = oracle.load_prompt_template(cfg.prompt_path)
+  local = oracle.annotate(records, oracle_backends.SamplerBackend(cfg), cfg, template=template)
+  mcfg, params, tok = sampling.load_model("gguf:smollm2")
+  sampler = sampling.Sampler(mcfg, params, tokenizer=tok, max_batch=4, max_len=512)
+  chat = server_chat.load_chat_format(tok, model_spec="gguf:smollm2")
+  srv = server.OpenAIServer(sampler, tok, server.ServerConfig(
+      model_name="smollm2", context_len=512, max_tokens_limit=64,
+      add_bos=server.default_add_bos(tok)), chat_format=chat)
+  with server.BackgroundServer(server.make_app(srv)) as bg:
+    hcfg = oracle.OracleConfig(backend="http", base_url=bg.base_url, model="smollm2",
+                               max_code_chars=300, max_new_tokens=64, timeout_s=300)
+    remote = oracle.annotate(records, oracle_backends.HttpBackend(hcfg), hcfg, template=template)
+  for a, b in zip(local, remote):
+    assert a["oracle_status"] in oracle.STATUSES and b["oracle_status"] in oracle.STATUSES
+    assert (a["oracle_score"], a["oracle_status"]) == (b["oracle_score"], b["oracle_status"]), (a, b)

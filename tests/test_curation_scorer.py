@@ -132,6 +132,13 @@ def trained():
   return cfg, records, model, report
 
 
+@pytest.fixture(scope="module")
+def saved(trained, tmp_path_factory):
+  directory = tmp_path_factory.mktemp("scorer") / "ckpt"
+  trained[2].save(directory)
+  return directory
+
+
 def test_truncated_backbone_is_the_pretrained_prefix(trained):
   cfg, _, model, _ = trained
   assert model.model_cfg.n_layers == 2 and model.model_cfg.d_model == 576
@@ -147,28 +154,34 @@ def test_scorer_learns_real_property(trained):
   assert report["mae"] < 0.85 * report["mae_mean_baseline"], report
 
 
-def test_checkpoint_roundtrip_and_sharded_scoring(trained, tmp_path):
+def test_checkpoint_roundtrip(trained, saved):
   cfg, records, model, _ = trained
-  texts = [r["text"] for r in records[:11]] + [""]
+  texts = [r["text"] for r in records[:7]] + [""]
   want = model.score_texts(texts)
-  assert want.shape == (12,) and np.all((want >= 0) & (want <= 10))
-  model.save(tmp_path / "scorer")
-  meta = json.loads((tmp_path / "scorer" / scorer.CONFIG_FILE).read_text())
+  assert want.shape == (8,) and np.all((want >= 0) & (want <= 10))
+  meta = json.loads((saved / scorer.CONFIG_FILE).read_text())
   assert meta["tokenizer"] == "gguf:smollm2" and meta["scorer"]["n_layers"] == 2
-  loaded = scorer.load_scorer(tmp_path / "scorer")
+  loaded = scorer.load_scorer(saved)
   np.testing.assert_allclose(loaded.score_texts(texts), want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sharded_scoring_equals_single_device(trained, saved):
+  """Backbone placed by sharding.param_shardings, batches by place_batch over 8 CPU devices."""
+  cfg, records, model, _ = trained
+  texts = [r["text"] for r in records[:7]] + [""]
+  want = model.score_texts(texts)
   mesh = scorer.scoring_mesh(scorer.ScorerConfig.from_dict({**cfg.to_dict(), "shard": True}))
   assert mesh.shape["data"] == len(jax.devices()) == 8
-  sharded = scorer.load_scorer(tmp_path / "scorer", mesh=mesh)
+  sharded = scorer.load_scorer(saved, mesh=mesh)
   np.testing.assert_allclose(sharded.score_texts(texts), want, atol=1e-4)
 
 
-def test_beam_scoring_and_low_quality_drop(trained, tmp_path):
+def test_beam_scoring_and_low_quality_drop(trained, saved):
   import apache_beam as beam
   from apache_beam.testing.util import assert_that, equal_to
   cfg, records, model, _ = trained
-  model.save(tmp_path / "ckpt")
-  cfg = scorer.ScorerConfig.from_dict({**cfg.to_dict(), "checkpoint_dir": str(tmp_path / "ckpt"),
+  cfg = scorer.ScorerConfig.from_dict({**cfg.to_dict(), "checkpoint_dir": str(saved),
                                        "drop_percentile": 20.0})
   inputs = [{k: r[k] for k in ("id", "text", "language", "kind", "repo", "path")}
             for r in records[:20]]

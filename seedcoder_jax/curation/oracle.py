@@ -62,10 +62,10 @@ class OracleConfig:
   base_url: str = ""
   api_key_env: str = ""
   prompt_file: str = ""
-  sample_size: int = 48
+  sample_size: int = 40
   sample_seed: int = 0
-  max_code_chars: int = 1000
-  max_prompt_tokens: int = 512
+  max_code_chars: int = 600
+  max_prompt_tokens: int = 384
   batch_size: int = 8
   cache_path: str = ""
   timeout_s: float = 60.0
@@ -75,7 +75,7 @@ class OracleConfig:
   max_new_tokens: int = 256
   temperature: float = 0.0
   out_of_range: str = "reject"
-  geval_min_digit_mass: float = 0.5
+  geval_min_digit_mass: float = 0.1
 
   def __post_init__(self):
     errors = []

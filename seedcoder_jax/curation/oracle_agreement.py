@@ -105,7 +105,7 @@ def main(argv=None):
   flags.DEFINE_list("backends", ["geval", "sampler"], "oracle backends to compare")
   flags.DEFINE_string("model", "gguf:smollm2", "local model spec")
   flags.DEFINE_string("cache", "", "SQLite answer cache ('' = none)")
-  flags.DEFINE_integer("max_code_chars", 1000, "file characters in the prompt")
+  flags.DEFINE_integer("max_code_chars", 600, "file characters in the prompt")
   flags.DEFINE_integer("max_new_tokens", 128, "sampler: new tokens per answer")
 
   def run(_):
@@ -117,7 +117,7 @@ def main(argv=None):
     for name in f.backends:
       cfg = oracle_lib.OracleConfig(backend=name, model=f.model, cache_path=f.cache,
                                     max_code_chars=f.max_code_chars,
-                                    max_prompt_tokens=512 + (f.max_new_tokens if name == "sampler" else 0),
+                                    max_prompt_tokens=384 + (f.max_new_tokens if name == "sampler" else 0),
                                     max_new_tokens=f.max_new_tokens)
       start = time.perf_counter()
       backend = oracle_backends.make_backend(cfg)
