@@ -36,6 +36,8 @@ _MAX_TOKENS_LIMIT = flags.DEFINE_integer("max_tokens_limit", 1024, "Largest max_
 _DEFAULT_MAX_TOKENS = flags.DEFINE_integer("default_max_tokens", 16, "max_tokens of completions "
                                            "requests that give none (OpenAI's default).")
 _MAX_N = flags.DEFINE_integer("max_n", 16, "Largest n (choices per prompt).")
+_MAX_PENDING_ROWS = flags.DEFINE_integer("max_pending_rows", 1024, "Rows that may wait for the "
+                                         "sampler; beyond them requests get HTTP 429.")
 _CHAT_TEMPLATE = flags.DEFINE_string("chat_template", None, "A Jinja chat template file overriding "
                                      "the model's own.")
 _ADD_BOS = flags.DEFINE_enum("add_bos", "auto", ["auto", "true", "false"], "Prepend BOS to text "
@@ -54,7 +56,8 @@ def main(argv):
       add_bos=None if _ADD_BOS.value == "auto" else _ADD_BOS.value == "true",
       max_batch=_MAX_BATCH.value, batch_window_ms=_BATCH_WINDOW_MS.value,
       max_tokens_limit=_MAX_TOKENS_LIMIT.value, default_max_tokens=_DEFAULT_MAX_TOKENS.value,
-      max_n=_MAX_N.value, fim_order=_FIM_ORDER.value)
+      max_n=_MAX_N.value, max_pending_rows=_MAX_PENDING_ROWS.value,
+      fim_order=_FIM_ORDER.value)
   server.serve(openai_server, host=_HOST.value, port=_PORT.value)
 
 

@@ -26,7 +26,7 @@ from seedcoder_jax import model as model_lib
 from seedcoder_jax import sampling
 from seedcoder_jax import tokenizer as tokenizer_lib
 from seedcoder_jax.sampling import server, server_chat
-from seedcoder_jax.sampling.server_batching import BatchingWorker
+from seedcoder_jax.sampling.server_batching import BatchingWorker, Overloaded
 
 from refenv import REF_PYTHON
 
@@ -309,6 +309,28 @@ def test_batching_worker_gathers_splits_and_reports_failures():
     assert good.result(30) == ["after:5"]  # a failed batch does not stop the worker
     assert worker.stats.failed_calls == 1 and worker.stats.requests == 6
   finally:
+    worker.stop()
+
+
+def test_batching_worker_refuses_rows_beyond_its_limit():
+  release = threading.Event()
+
+  def generate(prompts, params):
+    release.wait(30)
+    return list(prompts)
+
+  worker = BatchingWorker(generate, max_batch=2, window_s=0.0, max_pending_rows=3)
+  worker.start()
+  try:
+    first = worker.submit(["a", "b"], [0, 0])
+    second = worker.submit(["c"], [0])
+    with pytest.raises(Overloaded, match="3 rows are already waiting"):
+      worker.submit(["d"], [0])
+    release.set()
+    assert first.result(30) == ["a", "b"] and second.result(30) == ["c"]
+    assert worker.submit(["d"], [0]).result(30) == ["d"]  # room again once served
+  finally:
+    release.set()
     worker.stop()
 
 

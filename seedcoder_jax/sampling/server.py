@@ -26,7 +26,8 @@ sampler's (see sampling/ops.py: the distribution each token was drawn from).
 Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 for bad JSON,
 missing or mistyped fields, values out of range, max_tokens above the server's limit and prompts
 too long for the context ("context_length_exceeded"); 404 for an unknown model ("model_not_found")
-or route; 405 for a wrong method; 413 for an oversized body; 500 when generation fails.
+or route; 405 for a wrong method; 413 for an oversized body; 429 while more than
+max_pending_rows rows wait (clients retry later); 500 when generation fails.
 
 Concurrent requests are batched: `server_batching.BatchingWorker` runs every `Sampler.generate`
 call on one worker thread, gathering requests for `batch_window_ms` up to `max_batch` rows.
@@ -58,7 +59,7 @@ from seedcoder_jax import sampling
 from seedcoder_jax import tokenizer as tokenizer_lib
 from seedcoder_jax.input import fim
 from seedcoder_jax.sampling import server_chat
-from seedcoder_jax.sampling.server_batching import BatchingWorker
+from seedcoder_jax.sampling.server_batching import BatchingWorker, Overloaded
 
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 
@@ -82,13 +83,15 @@ class ServerConfig:
   max_batch: int = 16
   batch_window_ms: float = 10.0
   max_n: int = 16
+  max_pending_rows: int = 1024
   add_bos: bool = False
   fim_order: str = fim.SPM
   max_body_bytes: int = 8 << 20
 
   def __post_init__(self):
     errors = [f"{k}={getattr(self, k)} must be at least 1" for k in
-              ("context_len", "max_tokens_limit", "default_max_tokens", "max_batch", "max_n")
+              ("context_len", "max_tokens_limit", "default_max_tokens", "max_batch", "max_n",
+               "max_pending_rows")
               if getattr(self, k) < 1]
     if self.batch_window_ms < 0:
       errors.append(f"batch_window_ms={self.batch_window_ms} must not be negative")
@@ -258,7 +261,8 @@ class OpenAIServer:
       raise ValueError("the server needs a tokenizer (text prompts, stop sequences, chat)")
     self.sampler, self.tok, self.config, self.chat_format = sampler, tok, config, chat_format
     self.worker = BatchingWorker(sampler.generate, max_batch=config.max_batch,
-                                 window_s=config.batch_window_ms / 1000)
+                                 window_s=config.batch_window_ms / 1000,
+                                 max_pending_rows=config.max_pending_rows)
     self.created = int(time.time())
 
   # -- prompts --
@@ -344,7 +348,12 @@ class OpenAIServer:
         params.append(dataclasses.replace(sampling_.params, max_new_tokens=m,
                                           seed=(sampling_.seed + j) & 0x7FFFFFFF))
     try:
-      return await asyncio.wrap_future(self.worker.submit(rows, params))
+      future = self.worker.submit(rows, params)
+    except Overloaded as e:
+      raise ApiError(429, f"The server is busy: {e}.", type_="server_error",
+                     code="server_busy") from e
+    try:
+      return await asyncio.wrap_future(future)
     except Exception as e:
       logging.exception("generation failed")
       raise ApiError(500, f"Generation failed: {type(e).__name__}: {e}",

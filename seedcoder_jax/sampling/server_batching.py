@@ -22,6 +22,10 @@ from typing import Callable, Optional, Sequence
 _STOP = object()
 
 
+class Overloaded(RuntimeError):
+  """More rows are waiting than the worker accepts (the server answers 429: retry later)."""
+
+
 @dataclasses.dataclass
 class _Job:
   prompts: list
@@ -47,7 +51,7 @@ class BatchingWorker:
   """Owns the thread that calls `generate_fn(prompts, params) -> list` for batches of requests."""
 
   def __init__(self, generate_fn: Callable[[list, list], Sequence], *, max_batch: int,
-               window_s: float):
+               window_s: float, max_pending_rows: Optional[int] = None):
     if max_batch < 1:
       raise ValueError(f"max_batch={max_batch} must be at least 1")
     if window_s < 0:
@@ -55,6 +59,9 @@ class BatchingWorker:
     self._generate = generate_fn
     self.max_batch = max_batch
     self.window_s = window_s
+    self.max_pending_rows = max_pending_rows
+    self._pending_rows = 0  # queued and in flight
+    self._lock = threading.Lock()
     self.stats = BatchStats()
     self._queue: queue.Queue = queue.Queue()
     self._carry: Optional[_Job] = None  # a job taken that did not fit into the last batch
@@ -80,9 +87,20 @@ class BatchingWorker:
       raise ValueError(f"{len(prompts)} prompts with {len(params)} sampling params")
     if self._thread is None:
       raise RuntimeError("the batching worker is not running")
+    with self._lock:
+      if (self.max_pending_rows is not None and self._pending_rows
+          and self._pending_rows + len(prompts) > self.max_pending_rows):
+        raise Overloaded(f"{self._pending_rows} rows are already waiting (limit "
+                         f"{self.max_pending_rows}); retry later")
+      self._pending_rows += len(prompts)
     job = _Job(list(prompts), list(params), concurrent.futures.Future())
+    job.future.add_done_callback(lambda _, n=len(prompts): self._release(n))
     self._queue.put(job)
     return job.future
+
+  def _release(self, rows: int) -> None:
+    with self._lock:
+      self._pending_rows -= rows
 
   def _next(self, timeout: Optional[float]):
     if self._carry is not None:
