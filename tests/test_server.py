@@ -26,7 +26,7 @@ from seedcoder_jax import model as model_lib
 from seedcoder_jax import sampling
 from seedcoder_jax import tokenizer as tokenizer_lib
 from seedcoder_jax.sampling import server, server_chat
-from seedcoder_jax.sampling.server_batching import BatchingWorker, Overloaded
+from seedcoder_jax.sampling.server_threads import BatchingWorker, Overloaded
 
 from refenv import REF_PYTHON
 

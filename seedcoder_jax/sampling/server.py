@@ -29,7 +29,7 @@ too long for the context ("context_length_exceeded"); 404 for an unknown model (
 or route; 405 for a wrong method; 413 for an oversized body; 429 while more than
 max_pending_rows rows wait (clients retry later); 500 when generation fails.
 
-Concurrent requests are batched: `server_batching.BatchingWorker` runs every `Sampler.generate`
+Concurrent requests are batched: `server_threads.BatchingWorker` runs every `Sampler.generate`
 call on one worker thread, gathering requests for `batch_window_ms` up to `max_batch` rows.
 """
 
@@ -42,8 +42,6 @@ import json
 import logging
 import pathlib
 import secrets
-import socket
-import threading
 import time
 import uuid
 from typing import Any, Optional, Sequence
@@ -59,7 +57,8 @@ from seedcoder_jax import sampling
 from seedcoder_jax import tokenizer as tokenizer_lib
 from seedcoder_jax.input import fim
 from seedcoder_jax.sampling import server_chat
-from seedcoder_jax.sampling.server_batching import BatchingWorker, Overloaded
+# BackgroundServer is part of this module's API: server.BackgroundServer(server.make_app(s)).
+from seedcoder_jax.sampling.server_threads import BackgroundServer, BatchingWorker, Overloaded
 
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 
@@ -570,44 +569,6 @@ def _model(server: OpenAIServer, request: Request) -> dict:
     raise ApiError(404, f"The model `{model_id}` does not exist.", param="model",
                    code="model_not_found")
   return server.model_card()
-
-
-class BackgroundServer:
-  """A uvicorn server on its own thread (tests, notebooks, an in-process oracle)."""
-
-  def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0):
-    # Binding here (port 0 = any free port) means the port is known before the thread starts.
-    self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    self._socket.bind((host, port))
-    self.host, self.port = host, self._socket.getsockname()[1]
-    self._uvicorn = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self._socket]},
-                                    name="openai-server", daemon=True)
-
-  @property
-  def base_url(self) -> str:
-    return f"http://{self.host}:{self.port}/v1"
-
-  def start(self, timeout_s: float = 60.0) -> "BackgroundServer":
-    self._thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not self._uvicorn.started:
-      if not self._thread.is_alive() or time.monotonic() > deadline:
-        raise RuntimeError(f"the server on {self.host}:{self.port} did not start")
-      time.sleep(0.02)
-    return self
-
-  def stop(self, timeout_s: float = 30.0) -> None:
-    self._uvicorn.should_exit = True
-    self._thread.join(timeout_s)
-    self._socket.close()
-
-  def __enter__(self):
-    return self.start()
-
-  def __exit__(self, *exc):
-    self.stop()
 
 
 def build(model_spec: str, *, tokenizer_spec: Optional[str] = None,

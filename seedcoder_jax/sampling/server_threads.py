@@ -1,5 +1,7 @@
-"""Request batching for the server: one worker thread gathers concurrent requests into one
-`generate` call.
+"""The server's threads: the batching worker that owns every sampler call, and uvicorn on a
+background thread (`BackgroundServer`, for tests, notebooks and in-process clients).
+
+Batching: one worker thread gathers concurrent requests into one `generate` call.
 
 HTTP handlers run on the event loop; every JAX call runs on the worker thread (JAX dispatch from
 many threads at once would interleave compilations and device transfers for no gain). The worker
@@ -15,9 +17,12 @@ import concurrent.futures
 import dataclasses
 import logging
 import queue
+import socket
 import threading
 import time
 from typing import Callable, Optional, Sequence
+
+import uvicorn
 
 _STOP = object()
 
@@ -174,3 +179,41 @@ class BatchingWorker:
     for job in pending:
       if job is not _STOP and job.future.set_running_or_notify_cancel():
         job.future.set_exception(error)
+
+
+class BackgroundServer:
+  """A uvicorn server on its own thread (tests, notebooks, an in-process oracle)."""
+
+  def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+    # Binding here (port 0 = any free port) means the port is known before the thread starts.
+    self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    self._socket.bind((host, port))
+    self.host, self.port = host, self._socket.getsockname()[1]
+    self._uvicorn = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self._socket]},
+                                    name="openai-server", daemon=True)
+
+  @property
+  def base_url(self) -> str:
+    return f"http://{self.host}:{self.port}/v1"
+
+  def start(self, timeout_s: float = 60.0) -> "BackgroundServer":
+    self._thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not self._uvicorn.started:
+      if not self._thread.is_alive() or time.monotonic() > deadline:
+        raise RuntimeError(f"the server on {self.host}:{self.port} did not start")
+      time.sleep(0.02)
+    return self
+
+  def stop(self, timeout_s: float = 30.0) -> None:
+    self._uvicorn.should_exit = True
+    self._thread.join(timeout_s)
+    self._socket.close()
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()
