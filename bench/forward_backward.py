@@ -22,7 +22,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 8, "sequences per step")
 _SEQ = flags.DEFINE_integer("seq_len", 512, "tokens per sequence")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "matmul operand dtype")
 _REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "rematerialisation policy")
-_ATTN = flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn", "splash"], "attention kernel")
+_ATTN = flags.DEFINE_enum("attention_impl", "flash", ["flash", "xla", "cudnn", "splash"],
+                          "attention kernel")
 _ITERS = flags.DEFINE_integer("iters", 5, "timed steps (median reported)")
 
 

@@ -44,7 +44,8 @@ _MESH = flags.DEFINE_string("mesh", None, "mesh axes AXIS:SIZE over data,fsdp,te
 _REMAT = flags.DEFINE_enum("remat", None, REMAT_POLICIES, "layer rematerialisation; default full.")
 _DTYPE = flags.DEFINE_enum("compute_dtype", None, COMPUTE_DTYPES, "matmul operand dtype; default "
                            "bfloat16 (parameters and optimizer state stay float32).")
-_ATTN = flags.DEFINE_enum("attention_impl", None, ATTENTION_IMPLS, "attention kernel; default xla.")
+_ATTN = flags.DEFINE_enum("attention_impl", None, ATTENTION_IMPLS,
+                          "attention kernel; default: the config's.")
 _ACCUM = flags.DEFINE_integer("grad_accum_steps", None, "microbatches per optimizer step; default 1.")
 _EXACT = flags.DEFINE_bool("exact_flops", True, "also compile the step with 2 unrolled layers, so "
                            "that XLA's FLOPs count every layer of the scanned stack (its cost "

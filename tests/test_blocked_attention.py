@@ -80,3 +80,22 @@ def test_flash_values_and_gradients_equal_reference(dtype):
   for g, r in zip(got_g, want_g):
     assert g.dtype == r.dtype
     np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), **tol)
+
+
+def test_decoder_with_flash_equals_xla_reference():
+  """The default implementation in the model: logits and parameter gradients at T=256 (2 blocks)."""
+  from seedcoder_jax import model
+  cfg = model.preset("tiny", attention_impl="flash")
+  params = model.init_params(cfg, seed=3)
+  tokens = jax.random.randint(jax.random.key(4), (2, 256), 0, cfg.vocab_size)
+  _, _, _, seg = _inputs(t=256)
+
+  def loss(cfg):
+    return jax.jit(jax.value_and_grad(
+        lambda p: model.forward(cfg, p, tokens, segment_ids=seg).std()))(params)
+
+  got_value, got_grads = loss(cfg)
+  want_value, want_grads = loss(cfg.replace(attention_impl="xla"))
+  np.testing.assert_allclose(got_value, want_value, rtol=1e-5)
+  for g, r in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-6)

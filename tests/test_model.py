@@ -154,7 +154,7 @@ def test_presets_and_parameter_counts():
 
 @pytest.mark.parametrize("change, message", [
     (dict(n_heads=6, n_kv_heads=4), "not a multiple of n_kv_heads"),
-    (dict(attention_impl="flash"), "attention_impl"),
+    (dict(attention_impl="flashy"), "attention_impl"),
     (dict(remat="some"), "remat"),
     (dict(head_dim=15), "even"),
     (dict(d_model=0), "d_model=0"),

@@ -4,6 +4,9 @@ Every implementation computes softmax(q k^T / sqrt(Dh) + mask) v where a query a
 both have the same segment id and the key's index is not after the query's. Segment id 0 is
 padding by convention; it only attends to other padding, so no row is ever fully masked.
 
+- "flash":  pure JAX, block by block, skipping future key blocks, saving only the output and the
+            row log-sum-exp for the backward pass (`seedcoder_jax.model.blocked_attention`); the
+            default. Self-attention whose length is not a multiple of its block runs "xla".
 - "xla":    the reference: einsums and a dense mask, softmax in float32.
 - "cudnn":  `jax.nn.dot_product_attention` (cuDNN flash attention on NVIDIA GPUs, XLA elsewhere).
 - "splash": TPU splash attention through Pallas (`seedcoder_jax.model.splash`).
@@ -73,6 +76,13 @@ def attention(q_BTHD, k_BSKD, v_BSKD, *, q_segment_ids_BT, kv_segment_ids_BS, q_
     # indices: it is for self-attention over whole rows, indices 0..T-1, as the decoder passes.
     from seedcoder_jax.model import splash  # Pallas import only when asked for.
     return splash.splash_attention(q_BTHD, k_BSKD, v_BSKD, q_segment_ids_BT, kv_segment_ids_BS)
+  if impl == "flash":
+    # Like splash, for self-attention over whole rows (indices 0..T-1, as the decoder passes).
+    from seedcoder_jax.model import blocked_attention
+    block = blocked_attention.block_size(q_BTHD.shape[1])
+    if block is not None and k_BSKD.shape[1] == q_BTHD.shape[1]:
+      return blocked_attention.flash_self_attention(q_BTHD, k_BSKD, v_BSKD, q_segment_ids_BT, block)
+    impl = "xla"
   mask_B1TS = make_mask(q_segment_ids_BT, kv_segment_ids_BS, q_index_BT, kv_index_BS)
   if impl == "xla":
     return xla_attention(q_BTHD, k_BSKD, v_BSKD, mask_B1TS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-ATTENTION_IMPLS = ("xla", "cudnn", "splash")
+ATTENTION_IMPLS = ("flash", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -43,7 +43,7 @@ class ModelConfig:
   # Numerics: parameters are stored in float32; matmul operands are cast to `compute_dtype` and
   # accumulate in float32; norms, softmax, logits and the loss stay in float32.
   compute_dtype: str = "float32"
-  attention_impl: str = "xla"
+  attention_impl: str = "flash"
   remat: str = "none"
   scan_layers: bool = True
   init_std: float = 0.02
