@@ -23,7 +23,8 @@ before any work, naming it.
 Variants:
   tiny:  18 packages of this interpreter's CPython standard library as repositories (~280 files),
          the project's own git history for commits, the HTML docs of the pygame wheel for web
-         pages; a few minutes on 2 CPU cores.
+         pages; the packaged SmolLM2-135M as G-Eval oracle on 32 files and as a 2-layer scorer;
+         a few minutes on 2 CPU cores.
   full:  a cluster run. ingest.inputs are gs:// PLACEHOLDERS (gs://YOUR_BUCKET/...): one .tar.gz
          per repository, e.g. GitHub's codeload tarballs; replace them (or pass --input) before
          running. Paper-scale MinHash (256 permutations) and the scorer's full settings.
@@ -86,14 +87,28 @@ def base() -> ml_collections.ConfigDict:
       max_prompt_tokens=512,
       batch_size=8,
       cache_path="",  # "" = DIR/oracle_cache.sqlite
+      geval_min_digit_mass=0.5,  # geval: answers with less next-token mass on digits fail
   ))
+  # scorer: seedcoder_jax.curation.scorer.ScorerConfig (any of its fields may be set here).
   c.scorer = ml_collections.ConfigDict(dict(
       enabled=False,
+      backbone="gguf:smollm2",  # pretrained decoder + a regression head
+      n_layers=4,  # keep the first n blocks (0 = all)
+      max_tokens=256, buckets=(64, 128, 256),  # texts cut to max_tokens; padded to a bucket
+      batch_size=8,
+      epochs=1,
       drop_percentile=10.0,  # files scoring below this percentile are dropped (the paper: ~10%)
+      checkpoint_dir="",  # "" = DIR/stages/scorer/model
   ))
 
   # Stage 6: repository-level records, repositories selected by mean file score.
-  c.repo = ml_collections.ConfigDict(dict(enabled=True, min_mean_score=5.0, min_files=2, seed=0))
+  c.repo = ml_collections.ConfigDict(dict(
+      enabled=True,
+      min_mean_score=5.0,  # mean file score (0-10) a repository needs
+      select_percentile=0.0,  # > 0: and at least this percentile of all repositories' means
+      min_files=2,
+      seed=0,  # the random file order of non-Python repositories
+  ))
 
   # Stage 7: commit records from git histories (seedcoder_jax.curation.commits.CommitsConfig).
   c.commits = ml_collections.ConfigDict(dict(enabled=False, repos=(), max_commits=200))
@@ -123,6 +138,19 @@ def tiny() -> ml_collections.ConfigDict:
   c.commits.enabled = True  # the project's own history (commits.repos empty = this checkout)
   c.commits.max_commits = 40
   c.web.enabled = True  # pygame's HTML docs (~80 pages)
+  # Oracle (G-Eval with the packaged SmolLM2) on a 32-file sample, a 2-layer scorer on its labels.
+  c.oracle.enabled = True
+  c.oracle.sample_size = 32
+  c.oracle.max_code_chars = 600
+  c.oracle.max_prompt_tokens = 384
+  c.oracle.geval_min_digit_mass = 0.05  # a 135M model puts little mass on the rating digits
+  c.scorer.enabled = True
+  c.scorer.n_layers = 2
+  c.scorer.max_tokens = 128
+  c.scorer.buckets = (64, 128)
+  # A 135M oracle rates the stdlib ~3/10: select the better half of repositories, not a fixed 5.
+  c.repo.min_mean_score = 0.0
+  c.repo.select_percentile = 50.0
   return c
 
 

@@ -86,3 +86,15 @@ def test_repo_random_order_seeded():
   assert len(orders) > 1  # the seed matters
   a = repo_records.build_repo_record("c", files, repo_records.RepoConfig(seed=1))[0]
   assert a == repo_records.build_repo_record("c", files, repo_records.RepoConfig(seed=1))[0]
+
+
+def test_repo_selection_by_percentile():
+  cfg = repo_records.RepoConfig(min_mean_score=1.0, select_percentile=50.0)
+  assert repo_records.mean_threshold([2.0, 3.0, 4.0, 9.0], cfg) == 3.5
+  assert repo_records.mean_threshold([0.2, 0.4], cfg) == 1.0  # the absolute floor still holds
+  assert repo_records.mean_threshold([2.0, 3.0], repo_records.RepoConfig(min_mean_score=1.0)) == 1.0
+  files = [_rec("r", f"m{i}.py", f"x{i} = {i}\n", score=3.0) for i in range(3)]
+  assert repo_records.build_repo_record("r", files, cfg, threshold=3.5) == (None, "low_score")
+  assert repo_records.build_repo_record("r", files, cfg, threshold=3.0)[1] == "selected"
+  with pytest.raises(ValueError, match="select_percentile"):
+    repo_records.RepoConfig(select_percentile=100.0)
