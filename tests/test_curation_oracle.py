@@ -260,6 +260,14 @@ def test_smollm2_template_and_digit_tokens():
   assert all(len(d) == 1 for d in digits) and tok.encode("10") == digits[1] + digits[0]
   ids = oracle_backends.encode_chat(tok, "<|im_start|>user\nhi<|im_end|>\n")
   assert ids[0] == tok.special_ids["im_start"] and ids[-2] == tok.special_ids["im_end"]
+  # A long file is cut to fit max_prompt_tokens; the request for the rating survives at the end.
+  cfg = oracle.OracleConfig(max_prompt_tokens=300, max_code_chars=20_000)
+  template = oracle.load_prompt_template(cfg.prompt_path)
+  messages = oracle.build_messages(_record(0, "x = 1  # comment\n" * 2000), template, 20_000)
+  prompt = oracle_backends._LocalPrompts(cfg, tok, info.chat_template, reserve=10).ids(messages)
+  text = tok.decode(prompt)
+  assert 200 < len(prompt) <= 290 and oracle.TRUNCATION_NOTE in text
+  assert text.endswith("Rating: [[X]]\n<|im_end|>\n<|im_start|>assistant\n"), text[-200:]
 
 
 def test_chatml_rendering_matches_jinja2():

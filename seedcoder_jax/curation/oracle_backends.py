@@ -119,19 +119,33 @@ class _LocalPrompts:
 
   def ids(self, messages: Sequence[dict]) -> list[int]:
     budget = self.cfg.max_prompt_tokens - self.reserve
-    ids = encode_chat(self.tok, render_chat(messages, self.template))
+
+    def encode(content: str) -> list[int]:
+      turn = {**messages[-1], "content": content}
+      return encode_chat(self.tok, render_chat([*messages[:-1], turn], self.template))
+
     content = messages[-1]["content"]
-    while len(ids) > budget:
-      # Cut the user turn's end proportionally (the code sits in the middle; the request for the
-      # rating comes last, so keep the tail and cut before it).
-      keep = max(0, int(len(content) * budget / len(ids)) - 64)
-      tail = content[content.rfind("```"):] if "```" in content else ""
-      content = content[:keep - len(tail)] + oracle_lib.TRUNCATION_NOTE + "\n" + tail
-      ids = encode_chat(self.tok, render_chat([*messages[:-1], {**messages[-1], "content": content}],
-                                              self.template))
-      if keep == 0:
-        break
-    return ids
+    ids = encode(content)
+    if len(ids) <= budget:
+      return ids
+    # The code sits between the fences; the request for the rating comes after it. Keep the
+    # longest prefix of the code that fits (binary search: ~15 fast tokenizations).
+    start = content.find("\n", content.find("```")) + 1 if "```" in content else 0
+    end = content.rfind("```") if content.count("```") >= 2 else len(content)
+    head, code = content[:start], content[start:end]
+    tail = oracle_lib.TRUNCATION_NOTE + "\n" + content[end:]
+    lo, hi, best = 0, len(code), None
+    while lo <= hi:
+      mid = (lo + hi) // 2
+      candidate = encode(head + code[:mid] + tail)
+      if len(candidate) <= budget:
+        lo, best = mid + 1, candidate
+      else:
+        hi = mid - 1
+    if best is None:
+      raise ValueError(f"the oracle prompt needs {len(encode(head + tail))} tokens without any "
+                       f"code; max_prompt_tokens={self.cfg.max_prompt_tokens} leaves {budget}")
+    return best
 
 
 def _bucket(n: int, step: int = 64) -> int:
