@@ -401,7 +401,14 @@ def beam_options(beam_args: Sequence[str] = ()):
   args = list(beam_args)
   if not any(a == "--runner" or a.startswith("--runner=") for a in args):
     args.append("--runner=FnApiRunner")
-  return PipelineOptions(args)
+  options = PipelineOptions(args)
+  # Beam only logs and discards flags it does not know: a misspelled flag must not vanish.
+  unknown = sorted(set(options.get_all_options(retain_unknown_options=True))
+                   - set(PipelineOptions([]).get_all_options()))
+  if unknown:
+    raise ConfigError(f"unknown flag(s) {', '.join('--' + u for u in unknown)}: neither "
+                      "data/curate.py's nor a Beam pipeline option")
+  return options
 
 
 def _run_beam(name: str, build, beam_args: Sequence[str]) -> float:
@@ -458,6 +465,7 @@ def run(config, workdir: str, *, inputs: Sequence[str] | None = None,
         beam_args: Sequence[str] = ()) -> dict:
   """Runs (or resumes) the curation into `workdir`; returns the stats.json dict."""
   plan = make_plan(config, inputs)
+  beam_options(beam_args)  # refuses unknown flags before any work
   wd = pathlib.Path(workdir)
   wd.mkdir(parents=True, exist_ok=True)
   snap = json.dumps({"config": json.loads(_snapshot(config)), "inputs": list(plan.inputs)},
