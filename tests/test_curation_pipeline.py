@@ -216,3 +216,30 @@ def test_beam_options_pass_through():
   assert opts.view_as(StandardOptions).runner == "DataflowRunner"
   assert opts.get_all_options()["project"] == "p"
   assert opts.view_as(DirectOptions).direct_num_workers == 2
+  with pytest.raises(pipeline.ConfigError, match="--inptu"):
+    pipeline.beam_options(["--inptu=/data/repo"])
+
+
+@pytest.mark.slow
+def test_oracle_and_scorer_between_passes(tmp_path):
+  """The driver step between the Beam passes: G-Eval labels from the packaged SmolLM2 on a
+  sample, a 1-layer scorer trained on them, every record scored by it, the bottom 10% of files
+  dropped; a rerun reuses everything."""
+  c = _config(**{"oracle.enabled": True, "oracle.sample_size": 12, "oracle.max_code_chars": 400,
+                 "oracle.max_prompt_tokens": 256, "oracle.geval_min_digit_mass": 0.05,
+                 "scorer.enabled": True, "scorer.n_layers": 1, "scorer.max_tokens": 64,
+                 "scorer.buckets": (64,), "repo.min_mean_score": 0.0})
+  inputs = [str(STDLIB / p) for p in ("json", "html", "email")]
+  stats = pipeline.run(c, str(tmp_path), inputs=inputs)
+  assert stats["score_source"] == "scorer"
+  assert stats["oracle"]["n"] == 12 and stats["oracle"]["labelled"] >= 4, stats["oracle"]
+  assert stats["scorer"]["n_train"] + stats["scorer"]["n_heldout"] == stats["oracle"]["labelled"]
+  files = stats["input_by_source"]["files"] - sum(
+      n for k, n in stats["rejected"].items() if not k.startswith("scorer/"))
+  assert stats["rejected"]["scorer/low_quality"] == pytest.approx(0.1 * files, abs=1.5)
+  corpus = corpus_lib.open_corpus(tmp_path / "corpus")
+  assert corpus.metadata["score_kind"] == "scorer"
+  assert 0.0 <= corpus.scores.min() and corpus.scores.max() <= 10.0 and corpus.scores.std() > 0
+  oracle_lines = (tmp_path / "stages" / "scorer" / "oracle.jsonl").read_text().splitlines()
+  assert len(oracle_lines) == 12
+  assert pipeline.run(c, str(tmp_path), inputs=inputs) == stats
