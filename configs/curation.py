@@ -56,7 +56,6 @@ def _minhash(threshold: float, num_perm: int, bands: int, rows: int) -> ml_colle
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0
 
   # Stage 1: one repository per input path (directory, git working tree, .tar/.tar.gz archive).
   c.ingest = ml_collections.ConfigDict()

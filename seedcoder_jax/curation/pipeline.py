@@ -37,7 +37,7 @@ from seedcoder_jax.input import corpus as corpus_lib
 from seedcoder_jax.input import source_files
 
 PASSES = ("filter", "scorer", "score", "output")
-GROUPS = ("seed", "ingest", "syntax", "dedup", "oracle", "scorer", "repo", "commits", "web",
+GROUPS = ("ingest", "syntax", "dedup", "oracle", "scorer", "repo", "commits", "web",
           "decontam", "output")
 
 
@@ -48,7 +48,6 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """The validated config: one field per stage, None where the stage is switched off."""
-  seed: int
   inputs: tuple[str, ...]
   ingest: ingest.IngestConfig
   syntax: syntax.SyntaxConfig | None
@@ -178,7 +177,7 @@ def make_plan(config, inputs: Sequence[str] | None = None) -> Plan:
         _optional_module(name).check_inputs(cfg)
       except FileNotFoundError as e:
         raise ConfigError(f"config.{name}: {e}") from e
-  return Plan(seed=int(c["seed"]), inputs=paths, ingest=ingest_cfg, syntax=syntax_cfg,
+  return Plan(inputs=paths, ingest=ingest_cfg, syntax=syntax_cfg,
               dedup=dedup_cfg, oracle=oracle_cfg, scorer=scorer_cfg, drop_percentile=drop,
               repo=repo_cfg, commits=commits_cfg, web=web_cfg, decontam=decontam_cfg,
               num_shards=num_shards, report=bool(out.get("report", True)))
