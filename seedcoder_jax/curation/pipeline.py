@@ -228,10 +228,6 @@ def _fs():
   return FileSystems
 
 
-def _exists(path: str) -> bool:
-  return _fs().exists(path)
-
-
 def _read_lines(pattern: str) -> list[dict]:
   fs = _fs()
   out = []
@@ -239,11 +235,6 @@ def _read_lines(pattern: str) -> list[dict]:
     with fs.open(m, compression_type="uncompressed") as f:
       out.extend(json.loads(line) for line in f.read().decode("utf-8").splitlines() if line)
   return out
-
-
-def _write_text(path: str, text: str) -> None:
-  with _fs().create(path) as f:
-    f.write(text.encode("utf-8"))
 
 
 def read_counts(stage_dir: str) -> dict[str, int]:
@@ -272,6 +263,8 @@ def _filter_pass(p, plan: Plan, stage_dir: str) -> None:
     recs = out["kept"]
     rejected.append(out[records.REJECTED])
   kept.append(recs)
+  # Commits and web pages skip the file filters (their text is no single file of one language,
+  # and their stages filter them by their own rules); they join the kept records here.
   for name, mod_name, cls_name, cfg in (("commits", "commits", "CommitRecords", plan.commits),
                                         ("web", "web", "WebRecords", plan.web)):
     if cfg is None:
