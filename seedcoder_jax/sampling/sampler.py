@@ -267,7 +267,8 @@ class Sampler:
 
   def _shapes(self, ids, row_params) -> tuple[int, int, int]:
     """(batch, prompt bucket, cache length): powers of two, capped by max_batch / max_len."""
-    b = min(_bucket(len(ids), self._batch_multiple), self.max_batch)
+    m = self._batch_multiple  # rows shard over (data, fsdp): a multiple of their size
+    b = min(-(-_bucket(len(ids), m) // m) * m, self.max_batch)
     max_new = max(p.max_new_tokens for p in row_params)
     t = min(_bucket(max(len(p) for p in ids), MIN_PROMPT_BUCKET), self.max_len - max_new)
     return b, t, min(_bucket(t + max_new), self.max_len)
