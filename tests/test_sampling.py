@@ -359,3 +359,19 @@ def test_greedy_matches_transformers_generate_smollm2(tmp_path):
     stopped = bool(ref) and ref[-1] in eos
     assert c.tokens == (ref[:-1] if stopped else ref)
     assert c.finish_reason == ("stop" if stopped else "length")
+
+
+def test_load_model_specs(params, tok, tmp_path):
+  from seedcoder_jax.interop import hf
+  from seedcoder_jax.sampling import load_model
+  hf.save(tmp_path / "hf", CFG, params)
+  (tmp_path / "hf" / "tokenizer.json").write_bytes(pathlib.Path(tok.spec[3:]).read_bytes())
+  cfg, loaded, loaded_tok = load_model(f"hf:{tmp_path / 'hf'}")  # orbax: the same path, unsaved
+  assert cfg.replace(max_seq_len=CFG.max_seq_len) == CFG
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  assert loaded_tok.encode("def f(x):") == tok.encode("def f(x):")
+  with pytest.raises(ValueError, match="must be one of"):
+    load_model("safetensors:/x")
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    load_model(f"hf:{tmp_path / 'nowhere'}")
