@@ -50,7 +50,8 @@ class OracleConfig:
   api_key_env: http only: the environment variable holding the bearer token ("" = none).
   prompt_file: the prompt template ("" = data/prompts/oracle_quality.txt).
   sample_size: how many files the pipeline sends to the oracle (chosen by `sample_key`).
-  max_code_chars / max_prompt_tokens: the file is cut to fit both (local backends count tokens).
+  max_code_chars / max_prompt_tokens: the file is cut to fit both (local backends count the
+    prompt's tokens, chat template included; the sampler adds max_new_tokens after them).
   cache_path: SQLite file ("" = no cache; the pipeline passes WORKDIR/oracle_cache.sqlite).
   out_of_range: a rating outside [0, 10] is "reject"ed (status out_of_range) or "clamp"ed.
   geval_min_digit_mass: geval answers whose next-token mass on "0".."9" is below this are

@@ -127,7 +127,7 @@ def main(argv=None):
     for name in f.backends:
       cfg = oracle_lib.OracleConfig(backend=name, model=f.model, cache_path=f.cache,
                                     max_code_chars=f.max_code_chars,
-                                    max_prompt_tokens=384 + (f.max_new_tokens if name == "sampler" else 0),
+                                    max_prompt_tokens=384,
                                     max_new_tokens=f.max_new_tokens)
       start = time.perf_counter()
       backend = oracle_backends.make_backend(cfg)

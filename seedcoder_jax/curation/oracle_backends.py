@@ -242,9 +242,9 @@ class SamplerBackend:
     self.model = f"{cfg.model}|t={cfg.temperature}|n={cfg.max_new_tokens}"
     mcfg, params, tok, template = model if model is not None else load_local_model(cfg.model)
     self.tok = tok
-    self.prompts = _LocalPrompts(cfg, tok, template, reserve=cfg.max_new_tokens)
+    self.prompts = _LocalPrompts(cfg, tok, template, reserve=0)
     self.sampler = sampling.Sampler(mcfg, params, tokenizer=tok, max_batch=cfg.batch_size,
-                                    max_len=cfg.max_prompt_tokens)
+                                    max_len=cfg.max_prompt_tokens + cfg.max_new_tokens)
     self.params = sampling.SamplingParams(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
         stop_token_ids=(tok.special_ids["im_end"],))
