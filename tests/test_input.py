@@ -191,6 +191,22 @@ def test_eval_pass_covers_held_out_documents(numbered, tok):
   assert make_eval_batches(cfg, num_batches=2)[1]["inputs"].tolist() == batches[1]["inputs"].tolist()
 
 
+def test_eval_skips_a_corpus_that_holds_out_nothing(numbered, tok, tmp_path):
+  """A one-repository corpus mixed in repo-level holds out nothing at 10%: the eval pass covers the
+  other corpus alone; training still refuses a corpus with no train units."""
+  small = tmp_path / "one_repo"
+  corpus.write_corpus([_record(f"x = {i}\n", repo="solo", path=f"s{i}.py") for i in range(3)], small)
+  c = corpus.open_corpus(small)
+  assert pipeline.corpus_units(c, repo_level=True, drop_fraction=0.0, eval_fraction=0.1,
+                               split="eval") == []  # "solo" hashes into train at 10%
+  both = make_eval_batches(_cfg((numbered, str(small)), tok, repo_level=(False, True)),
+                           num_batches=50)
+  alone = make_eval_batches(_cfg((numbered,), tok), num_batches=50)
+  assert _pairs(both) == _pairs(alone)
+  with pytest.raises(InputConfigError, match="no corpus holds out any eval units"):
+    make_eval_batches(_cfg((str(small),), tok, repo_level=True), num_batches=1)
+
+
 # Threshold, split, mixture, sharding -----------------------------------------------------------
 
 def test_score_threshold_drops_exact_fraction():

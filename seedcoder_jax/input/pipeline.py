@@ -203,17 +203,24 @@ def _open(cfg: InputConfig, i: int) -> corpus_lib.Corpus:
     raise InputConfigError(f"InputConfig.corpora[{i}]={cfg.corpora[i]!r}: {e}") from e
 
 
+def _no_units(cfg: InputConfig, i: int, split: str, process_index: int, process_count: int,
+              n_records: int) -> InputConfigError:
+  return InputConfigError(
+      f"InputConfig.corpora[{i}]={cfg.corpora[i]!r}: no {split} units left for process "
+      f"{process_index}/{process_count} ({n_records} records, score_drop_fraction="
+      f"{cfg.score_drop_fraction}, eval_fraction={cfg.eval_fraction})")
+
+
 def _source_dataset(cfg: InputConfig, i: int, split: str, process_index: int,
-                    process_count: int) -> grain.MapDataset:
+                    process_count: int, allow_empty: bool = False) -> grain.MapDataset | None:
   c = _open(cfg, i)
   units = corpus_units(c, repo_level=cfg.repo_level[i], drop_fraction=cfg.score_drop_fraction,
                        eval_fraction=cfg.eval_fraction, split=split)
   units = units[process_index::process_count]
   if not units:
-    raise InputConfigError(
-        f"InputConfig.corpora[{i}]={cfg.corpora[i]!r}: no {split} units left for process "
-        f"{process_index}/{process_count} ({len(c)} records, score_drop_fraction="
-        f"{cfg.score_drop_fraction}, eval_fraction={cfg.eval_fraction})")
+    if allow_empty:
+      return None
+    raise _no_units(cfg, i, split, process_index, process_count, len(c))
   if split == "train":
     units = EpochShuffled(units, seed=(cfg.seed, i))
   return grain.MapDataset.source(units).map(transforms.ReadUnit(c.source))
@@ -260,7 +267,8 @@ def make_eval_batches(cfg: InputConfig, *, num_batches: int, process_index: int 
                       process_count: int = 1) -> list[dict]:
   """Exactly `num_batches` held-out batches (the same list on every call).
 
-  One pass over the eval units of every corpus in order, FIM as in training. When the held-out
+  One pass over the eval units of every corpus in order (corpora that hold out nothing are
+  skipped), FIM as in training. When the held-out
   data ends first, the last batch is padded with weight-0 rows and all-padding batches follow, so
   every process returns the same number of batches (a multi-process evaluation steps in lockstep)
   and a token-weighted mean loss ignores the padding."""
@@ -269,8 +277,16 @@ def make_eval_batches(cfg: InputConfig, *, num_batches: int, process_index: int 
   if cfg.eval_fraction <= 0:
     raise InputConfigError("InputConfig.eval_fraction=0: no held-out split to evaluate on")
   tok = _tokenizer(cfg)
-  sources = [_source_dataset(cfg, i, "eval", process_index, process_count)
+  # A small corpus (a few repositories, say) may hold out nothing at this eval_fraction; the loss
+  # is token-weighted over whatever the others hold out. Only no held-out data at all is an error.
+  sources = [_source_dataset(cfg, i, "eval", process_index, process_count, allow_empty=True)
              for i in range(len(cfg.corpora))]
+  sources = [s for s in sources if s is not None]
+  if not sources:
+    raise InputConfigError(
+        f"InputConfig.corpora={list(cfg.corpora)}: no corpus holds out any eval units for process "
+        f"{process_index}/{process_count} (eval_fraction={cfg.eval_fraction}, score_drop_fraction="
+        f"{cfg.score_drop_fraction})")
   ds = grain.MapDataset.concatenate(sources) if len(sources) > 1 else sources[0]
   batched = _packed(dataclasses.replace(cfg, read_threads=min(cfg.read_threads, 1)), ds, tok,
                     batch_size).batch(batch_size, drop_remainder=False)
