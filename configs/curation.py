@@ -14,7 +14,8 @@ Passes (each resumable: DIR/stages/<pass>/DONE is written last, and a rerun skip
   scorer  the oracle labels a sample (4) and the quality scorer trains on it (5), in the driver
   score   every record scored, files below scorer.drop_percentile dropped, decontamination (9),
           repository-level records (6) -> DIR/stages/score/
-  output  DIR/corpus/ (write_corpus: ArrayRecord + index), DIR/repo_corpus/, DIR/stats.json,
+  output  DIR/corpus/ (files + web pages; write_corpus: ArrayRecord + index), DIR/commit_corpus/
+          (commits: phase 2 only), DIR/repo_corpus/, DIR/stats.json,
           DIR/decontamination.jsonl, DIR/report.html + PNGs (10)
 
 Every group but `ingest` and `output` has `enabled`; a key this file does not define is refused

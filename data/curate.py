@@ -7,7 +7,8 @@ r"""Curates raw repositories (and commits, web pages) into the pre-scored corpus
       --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
 
 Flags this program does not define (--runner, --direct_num_workers, --project, ...) are Beam
-pipeline options and go to Beam unchanged. Writes DIR/corpus/, DIR/repo_corpus/, DIR/stats.json,
+pipeline options and go to Beam unchanged. Writes DIR/corpus/ (files and web pages),
+DIR/commit_corpus/, DIR/repo_corpus/, DIR/stats.json,
 DIR/decontamination.jsonl and DIR/report.html; a rerun resumes (finished passes are skipped).
 Prints stats.json's headline as one JSON line.
 """

@@ -9,7 +9,8 @@ Passes (configs/curation.py describes the config groups):
   score   (Beam)   score every record, drop the bottom scorer.drop_percentile % of files,
                    decontaminate, build
                    repository-level records
-  output  (driver) DIR/corpus (write_corpus), DIR/repo_corpus, DIR/decontamination.jsonl,
+  output  (driver) DIR/corpus (files + web pages; write_corpus), DIR/commit_corpus, DIR/repo_corpus,
+                   DIR/decontamination.jsonl,
                    DIR/stats.json, DIR/report.html
 
 Each pass writes DIR/stages/<pass>/ and, last, DIR/stages/<pass>/DONE; a rerun skips passes whose
@@ -411,16 +412,23 @@ def _run_beam(name: str, build, beam_args: Sequence[str]) -> float:
   return time.time() - t0
 
 
+OUTPUT_CORPORA = {"corpus": ("file", "web"), "commit_corpus": ("commit",)}
+
+
 def _output_step(plan: Plan, workdir: str, scoring: dict, pass_counts: dict) -> dict:
   wd = pathlib.Path(workdir)
   recs = sorted(_read_lines(f"{workdir}/stages/score/records*.jsonl"), key=lambda r: r["id"])
   meta = {"score_kind": scoring["score_source"], "score": scoring["score"],
           "made_by": "data/curate.py (seedcoder_jax.curation.pipeline)"}
   outputs = {}
-  if recs:
-    m = corpus_lib.write_corpus(recs, wd / "corpus", num_shards=plan.num_shards, metadata=meta,
-                                overwrite=True)
-    outputs["corpus"] = {"path": str(wd / "corpus"), "records": m["num_records"]}
+  # Commits train only in continued pretraining (the paper): they get a corpus of their own, so
+  # phase 1 reads files and web pages and phase 2 mixes commit records in by weight.
+  for name, kinds in OUTPUT_CORPORA.items():
+    part = [r for r in recs if r["kind"] in kinds]
+    if part:
+      m = corpus_lib.write_corpus(part, wd / name, num_shards=plan.num_shards, metadata=meta,
+                                  overwrite=True)
+      outputs[name] = {"path": str(wd / name), "records": m["num_records"]}
   repos = sorted(_read_lines(f"{workdir}/stages/score/repo_records*.jsonl"), key=lambda r: r["id"])
   if repos:
     m = corpus_lib.write_corpus(repos, wd / "repo_corpus", metadata=meta, overwrite=True)
