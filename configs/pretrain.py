@@ -160,7 +160,10 @@ def seed_coder_8b(c, *, phase: int):
   c.model.compute_dtype = "bfloat16"
   c.model.remat = "full"
   c.model.attention_impl = "splash"  # the Pallas TPU kernel
-  c.data.corpora = ("gs://YOUR_BUCKET/corpus/files",)
+  # data/curate.py --config=configs/curation.py:full writes these: DIR/corpus (files + web pages,
+  # bottom 10% by the scorer already dropped) and DIR/commit_corpus. Replace YOUR_BUCKET.
+  c.data.corpora = ("gs://YOUR_BUCKET/curation/corpus",)
+  c.data.score_drop_fraction = 0.0  # the curation dropped the bottom 10% already
   c.data.tokenizer = "spm:gs://YOUR_BUCKET/tokenizer/seed_coder.model"
   c.data.num_workers = 8
   c.data.batch_size = 1024
@@ -178,8 +181,8 @@ def seed_coder_8b(c, *, phase: int):
     c.model.max_seq_len = 32_768
     c.data.seq_len = 32_768
     c.data.batch_size = 256  # the same 8.4M tokens per step at 32K
-    c.data.corpora = ("gs://YOUR_BUCKET/corpus/files_hq", "gs://YOUR_BUCKET/corpus/repos",
-                      "gs://YOUR_BUCKET/corpus/commits")
+    c.data.corpora = ("gs://YOUR_BUCKET/curation/corpus", "gs://YOUR_BUCKET/curation/corpus",
+                      "gs://YOUR_BUCKET/curation/commit_corpus")
     c.data.repo_level = (False, True, False)
     c.data.weights = (0.5, 0.3, 0.2)
     c.data.fim_rate = 0.1
