@@ -38,9 +38,19 @@ def main(argv):
     passes = {name: json.loads((pathlib.Path(workdir) / "stages" / name / "DONE").read_text())
               .get("seconds") for name in ("filter", "score")}
   files = stats["input_by_source"].get("files", 0)
+  oracle, scorer = stats.get("oracle", {}), stats.get("scorer", {})
+  per_stage = {  # inputs (or labelled files) per second of each pass / driver step
+      "filter_pass_inputs_per_s": stats["input"] / passes["filter"] if passes["filter"] else None,
+      "score_pass_records_per_s": (stats["passes"]["score"]["in"] / passes["score"]
+                                   if passes["score"] else None),
+      "oracle_files_per_s": oracle["n"] / oracle["seconds"] if oracle.get("seconds") else None,
+      "scorer_train_tokens_per_s": scorer.get("train_tokens_per_s"),
+  }
   print(json.dumps({
       "benchmark": "curation", "files_per_s": files / seconds,
       "inputs_per_s": stats["input"] / seconds, "seconds": seconds, "pass_seconds": passes,
+      "oracle_seconds": oracle.get("seconds"), "scorer_train_seconds": scorer.get("train_seconds"),
+      **per_stage,
       "files": files, "inputs": stats["input"], "input_by_source": stats["input_by_source"],
       "kept": stats["kept"], "rejected": sum(stats["rejected"].values()),
       "score_source": stats["score_source"], "beam_args": argv[1:],

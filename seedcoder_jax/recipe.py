@@ -66,22 +66,26 @@ def model_bench(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -
   return result
 
 
-def corpus(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
-  """A pre-scored corpus of real code (default: this interpreter's standard library).
+def curate(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """Model-centric curation on Apache Beam (configs/curation.py's variant) -> pre-scored corpora.
 
-  Until the curation stage exists, scores come from source_files' documented heuristic."""
-  from seedcoder_jax.input import corpus as corpus_lib
-  from seedcoder_jax.input import source_files
+  Writes STAGE/corpus (files and web pages: what phase 1 trains on), STAGE/commit_corpus (commit
+  records, phase 2 only, as in the paper), STAGE/repo_corpus, stats.json and report.html."""
+  import importlib.util
 
-  src = options.get("source_dir") or source_files.default_source_dir()
-  meta = corpus_lib.write_corpus(
-      source_files.iter_source_records(src, max_bytes=options.get("max_bytes", 1_000_000)),
-      stage_dir / "corpus", num_shards=options.get("num_shards", 4), overwrite=True,
-      metadata={"source_dir": str(src), "score": source_files.SCORE_DESCRIPTION,
-                "score_kind": "heuristic"})
-  print(f"[corpus] {meta['num_records']} files from {meta['num_repos']} repositories of {src}")
-  return {"corpus": str(stage_dir / "corpus"), "records": meta["num_records"],
-          "repositories": meta["num_repos"], "languages": meta["languages"]}
+  from seedcoder_jax.curation import pipeline
+
+  spec = importlib.util.spec_from_file_location(
+      "curation_config", pathlib.Path(__file__).parents[1] / "configs" / "curation.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(options.get("variant", "tiny"))
+  stats = pipeline.run(config, str(stage_dir))
+  print(f"[curate] {stats['input']} inputs -> {stats['kept']} kept; "
+        f"{sum(stats['rejected'].values())} rejected by reason: {json.dumps(stats['rejected'])}")
+  return {"input": stats["input"], "kept": stats["kept"], "rejected": stats["rejected"],
+          "kept_by_kind": stats["kept_by_kind"], "score_source": stats["score_source"],
+          "outputs": stats["outputs"]}
 
 
 def tokenizer(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
@@ -89,7 +93,7 @@ def tokenizer(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> 
   from seedcoder_jax import tokenizer as tokenizer_lib
   from seedcoder_jax.input import source_files
 
-  texts = source_files.sample_texts(workdir / "corpus" / "corpus", max_chars=options["max_chars"],
+  texts = source_files.sample_texts(workdir / "curate" / "corpus", max_chars=options["max_chars"],
                                     seed=options.get("seed", 0))
   tok = tokenizer_lib.train_sentencepiece(texts, stage_dir / "tokenizer.model",
                                           vocab_size=options["vocab_size"])
@@ -101,9 +105,9 @@ def _pretrain(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path, ini
   from seedcoder_jax.train import trainer
 
   config = json.loads(json.dumps(options["config"]))  # a deep copy of the pretrain config
-  # Every source of the variant (e.g. phase 2's file-level and repo-level views) reads the one
-  # corpus this recipe built.
-  config["data"]["corpora"] = [str(workdir / "corpus" / "corpus")] * len(config["data"]["corpora"])
+  # The sources are the curation stage's corpora, named relative to the workdir.
+  config["data"].update(options.get("data", {}))
+  config["data"]["corpora"] = [str(workdir / c) for c in options["corpora"]]
   config["data"]["tokenizer"] = json.loads((workdir / "tokenizer" / DONE).read_text())["spec"]
   if init_from:
     config["init"] = {"kind": "workdir", "path": str(workdir / init_from / "run")}
@@ -126,13 +130,33 @@ def pretrain_phase2(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Pat
   return _pretrain(options, stage_dir, workdir, init_from="pretrain")
 
 
+def evaluate(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """HumanEval pass@1 (greedy, sandboxed) of the imported SmolLM2-135M-Instruct: the baseline that
+  every later post-training stage is compared with (`limit` problems on a 2-core demo)."""
+  from seedcoder_jax.evaluation import harness
+
+  # The GGUF that import_base read (its tokenizer and special tokens come with it; the HF export
+  # holds the weights only).
+  source = json.loads((workdir / "import_base" / DONE).read_text())["source"]
+  report = harness.evaluate(harness.EvalConfig(
+      benchmark=options.get("benchmark", "humaneval"), output=str(stage_dir / "report.json"),
+      checkpoint=f"gguf:{source}", prompt_style=options.get("prompt_style", "chat"),
+      max_new_tokens=options["max_new_tokens"], limit=options.get("limit") or None,
+      batch_size=options.get("batch_size", 16), workers=options.get("workers", 2)))
+  summary = {k: report[k] for k in ("benchmark", "num_problems", "pass_at_k", "isolation")
+             if k in report}
+  print(f"[evaluate] {json.dumps(summary)} (report: {stage_dir / 'report.md'})")
+  return summary
+
+
 STAGES: dict[str, Stage] = {
     "import_base": import_base,
     "model_bench": model_bench,
-    "corpus": corpus,
+    "curate": curate,
     "tokenizer": tokenizer,
     "pretrain": pretrain,
     "pretrain_phase2": pretrain_phase2,
+    "evaluate": evaluate,
 }
 
 
