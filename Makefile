@@ -12,6 +12,9 @@ VENV_REF := .venv-ref
 PYTHON := $(VENV)/bin/python
 export JAX_PLATFORMS ?= cpu
 PYTEST_ARGS ?=
+# Test files run in parallel worker processes (pytest-xdist; one file stays on one worker, so its
+# module fixtures are built once): the fast suite takes ~7.5 min on 2 cores instead of ~13.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install install-ref eval-data test test-all demo serve curate clean
 
@@ -50,11 +53,11 @@ eval-data: $(PPM_FSE_DIR)/Dataset/.unpacked
 
 # Fast suite (CI): everything but tests marked slow, on CPU with a fake 8-device mesh.
 test: install install-ref eval-data
-	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Everything, slow tests included: run before resolving an issue.
 test-all: install install-ref eval-data
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: install
 	$(PYTHON) launch/recipe.py --config=configs/recipe.py:tiny --workdir=$${WORKDIR:-workdir/demo}
