@@ -18,6 +18,7 @@ Both raise `ChatError` (the server turns it into a 400) for messages they cannot
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import datetime
 import functools
@@ -125,14 +126,15 @@ def _piece_pattern(pieces: tuple[str, ...]) -> re.Pattern:
   return re.compile("|".join(re.escape(p) for p in pieces if p))
 
 
-class ChatFormat:
+class ChatFormat(abc.ABC):
   """messages -> prompt token ids; `stop_token_ids` end the assistant's turn."""
 
   name: str
   stop_token_ids: tuple[int, ...]
 
+  @abc.abstractmethod
   def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
-    raise NotImplementedError
+    """The prompt's token ids, ending where the assistant's reply begins."""
 
 
 def _turn_end_ids(tok: tokenizer_lib.Tokenizer) -> tuple[int, ...]:
