@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from seedcoder_jax.model import attention as attention_lib
+from seedcoder_jax.model import linear
 from seedcoder_jax.model import rope
 from seedcoder_jax.model.config import ModelConfig
 
@@ -55,8 +56,7 @@ class DenseGeneral(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.axes)),
                         tuple(self.shape), jnp.float32)
     dtype = _dtype(self.cfg.compute_dtype)
-    return jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype),
-                      preferred_element_type=jnp.float32)
+    return linear.projection(self.equation, x.astype(dtype), kernel.astype(dtype))
 
 
 class Embed(nn.Module):
@@ -133,7 +133,7 @@ class MLP(nn.Module):
                             name="gate_proj")(x_BTD)
     up_BTF = DenseGeneral((c.d_model, c.d_ff), ("embed", "mlp"), "btd,df->btf", c,
                           name="up_proj")(x_BTD)
-    hidden_BTF = nn.with_logical_constraint(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "length", "mlp"))
+    hidden_BTF = nn.with_logical_constraint(linear.swiglu(gate_BTF, up_BTF), ("batch", "length", "mlp"))
     return DenseGeneral((c.d_ff, c.d_model), ("mlp", "embed"), "btf,fd->btd", c,
                         name="down_proj")(hidden_BTF)
 
@@ -218,8 +218,7 @@ class Decoder(nn.Module):
       return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
     if c.tie_embeddings:
       dtype = _dtype(c.compute_dtype)
-      logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(dtype), embed_VD.astype(dtype),
-                              preferred_element_type=jnp.float32)
+      logits_BTV = linear.projection("btd,vd->btv", x_BTD.astype(dtype), embed_VD.astype(dtype))
     else:
       logits_BTV = DenseGeneral((c.d_model, c.vocab_size), ("embed", "vocab"), "btd,dv->btv", c,
                                 name="lm_head")(x_BTD)
