@@ -16,6 +16,7 @@ Variants:
                  decaying to 3e-5, FIM 0.1, file-level + repository-level sources, RoPE theta
                  changeable (model.rope_theta).
   100m:          the ~100M preset on tiny's data (CPU throughput benchmark).
+  1b:            the ~1.6B preset on tiny's data, bf16 + cuDNN attention (one-GPU benchmark).
   smollm2_135m:  continued pretraining of the real SmolLM2-135M (packaged GGUF) on the stdlib
                  corpus with SmolLM2's own tokenizer.
   8b:            Seed-Coder-8B phase 1 for a TPU pod (v5p-512: 256 chips): global batch 1024 x 8K
@@ -140,6 +141,19 @@ def m100(c):
   c.opt.update(peak_lr=1e-3, end_lr=1e-4)
 
 
+def m1b(c):
+  """~1.6B (Llama-3.2-1B's shape, Seed-Coder's vocabulary, untied) on one GPU: bench/train_step.py's
+  H100 shape. bf16 matmuls, cuDNN attention, matmul outputs saved (remat "dots"), 4 x 2048 tokens."""
+  tiny(c)
+  c.model.preset = "1b"
+  c.model.compute_dtype = "bfloat16"
+  c.model.attention_impl = "cudnn"
+  c.model.remat = "dots"
+  c.data.seq_len = 2048
+  c.data.batch_size = 4
+  c.opt.update(peak_lr=3e-4, end_lr=3e-5)
+
+
 def smollm2_135m(c):
   c.model.preset = "smollm2_135m"
   c.model.max_seq_len = 8192
@@ -194,6 +208,7 @@ VARIANTS = {
     "tiny": tiny,
     "tiny_phase2": tiny_phase2,
     "100m": m100,
+    "1b": m1b,
     "smollm2_135m": smollm2_135m,
     "8b": lambda c: seed_coder_8b(c, phase=1),
     "8b_phase2": lambda c: seed_coder_8b(c, phase=2),

@@ -42,6 +42,8 @@ def _parse_args():
   p.add_argument("--weight_decay", type=float, default=0.1)
   p.add_argument("--clip_norm", type=float, default=1.0, help="0 disables clipping")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                 help="cuda: the model, batches and optimizer on the first GPU")
   return p.parse_args()
 
 
@@ -62,7 +64,7 @@ def _measure(model, batches, args, dtype: str) -> dict:
   # A fresh optimizer per dtype so both figures include the same optimizer-state work.
   opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, args.b2), eps=1e-8,
                           weight_decay=args.weight_decay)
-  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
   def step(tokens):
     with autocast:
@@ -93,11 +95,13 @@ def main():
   # several times slower within tens of steps.
   torch.set_flush_denormal(True)
   torch.manual_seed(args.seed)
+  if args.device == "cuda" and not torch.cuda.is_available():
+    raise SystemExit("--device=cuda: torch sees no GPU")
   shape = json.loads(args.shape)
-  model = _build_model(shape, args.seq_len)
+  model = _build_model(shape, args.seq_len).to(args.device)
   # A few distinct random batches, made before timing: the measured steps contain no input work.
-  batches = [torch.randint(0, shape["vocab_size"], (args.batch_size, args.seq_len))
-             for _ in range(4)]
+  batches = [torch.randint(0, shape["vocab_size"], (args.batch_size, args.seq_len),
+                           device=args.device) for _ in range(4)]
   result = {"batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
             "warmup": args.warmup,
             "attn_implementation": model.config._attn_implementation}
@@ -108,6 +112,7 @@ def main():
   result.update(
       num_threads=torch.get_num_threads(), num_interop_threads=torch.get_num_interop_threads(),
       cpu_count=os.cpu_count(), processor=platform.machine(), torch=torch.__version__,
+      device=torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
       transformers=transformers.__version__)
   print(json.dumps(result))
 

@@ -131,7 +131,7 @@ PRESETS = {
     "smollm2_135m": ModelConfig(
         vocab_size=49_152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64,
         d_ff=1536, rms_norm_eps=1e-5, rope_theta=100_000.0, max_seq_len=8192, tie_embeddings=True),
-    # ~1.2B, Llama-3.2-1B's shape with Seed-Coder's vocabulary.
+    # ~1.6B: Llama-3.2-1B's shape with Seed-Coder's vocabulary, untied (1.0B without embeddings).
     "1b": ModelConfig(
         vocab_size=155_136, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
         d_ff=8192, max_seq_len=8192),

@@ -1,0 +1,36 @@
+"""The prepared GPU check script, dry-run on CPU with the tiny shape (its GPU figures come from a
+lent device machine: `bash bench/gpu_checks.sh` there)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from refenv import REF_PYTHON
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_checks_script_runs_every_check_on_cpu(tmp_path):
+  if not REF_PYTHON.exists():
+    pytest.skip(f"reference environment missing: {REF_PYTHON} (run `make install-ref`)")
+  # One CPU device, as on the GPU machine (the suite's conftest fakes 8 through XLA_FLAGS).
+  env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
+  env.update({"PY": sys.executable, "TORCH_PY": str(REF_PYTHON), "PRESET": "tiny",
+         "BATCH": "2", "SEQ": "256", "IMPLS": "flash xla", "OUT": str(tmp_path / "out"),
+         "DATA": str(tmp_path / "data"), "JAX_PLATFORMS": "cpu"})
+  subprocess.run(["bash", str(ROOT / "bench" / "gpu_checks.sh")], env=env, check=True,
+                 capture_output=True, timeout=900)
+  lines = [json.loads(l) for l in (tmp_path / "out" / "gpu_checks.jsonl").read_text().splitlines()]
+  assert not [l for l in lines if "failed" in l], lines
+  fb = [l for l in lines if l.get("bench") == "forward_backward"]
+  assert [l["attention_impl"] for l in fb] == ["flash", "xla"]
+  assert all(l["seq_len"] == 256 and l["batch_size"] == 2 and l["tokens_per_s"] > 0 for l in fb)
+  torch_line = next(l for l in lines if "attn_implementation" in l)
+  assert torch_line["device"] == "cpu" and torch_line["bfloat16"]["tokens_per_s"] > 0
+  trainer = lines[-1]
+  assert trainer["hidden_size"] == 128 and trainer["seq_len"] == 256 and trainer["steps"] == 10
