@@ -6,10 +6,11 @@ Variants:
   tiny: every stage on the embedded default, small enough for a 2-core CPU (what `make demo` runs).
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
+
+from seedcoder_jax import config_files
 
 PYTHON_PROMPT = '# Python\ndef fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 
@@ -74,8 +75,4 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
 
 
 def _pretrain_config(variant: str) -> dict:
-  spec = importlib.util.spec_from_file_location(
-      "pretrain_config", pathlib.Path(__file__).with_name("pretrain.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant).to_dict()
+  return config_files.load(f"{pathlib.Path(__file__).with_name('pretrain.py')}:{variant}").to_dict()

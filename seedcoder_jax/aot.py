@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
+from seedcoder_jax import config_files
 from seedcoder_jax import sharding as sharding_lib
 from seedcoder_jax.model import splash
 from seedcoder_jax.model.config import ModelConfig, RopeScaling
@@ -476,16 +477,14 @@ def _lookup(tree, *paths: str):
 
 def load_config_file(arg: str):
   """'configs/pretrain.py:8b' -> the result of get_config('8b') in that file (imported lazily)."""
-  path, _, variant = arg.partition(":")
+  path = arg.partition(":")[0]
   if not os.path.isfile(path):
     raise AotError(f"config file {path!r} does not exist (from --config={arg}); use a configs/*.py "
                    f"file with get_config(arg), or give --preset/--batch_size/--seq_len/--mesh")
-  module_spec = importlib.util.spec_from_file_location(f"_aot_config_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise AotError(f"{path} has no get_config(arg) function")
-  return module.get_config(variant) if variant else module.get_config()
+  try:
+    return config_files.load(arg)
+  except AttributeError as e:
+    raise AotError(str(e)) from e
 
 
 def spec_from_config(config) -> dict:

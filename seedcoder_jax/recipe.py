@@ -71,15 +71,10 @@ def curate(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dic
 
   Writes STAGE/corpus (files and web pages: what phase 1 trains on), STAGE/commit_corpus (commit
   records, phase 2 only, as in the paper), STAGE/repo_corpus, stats.json and report.html."""
-  import importlib.util
-
+  from seedcoder_jax import config_files
   from seedcoder_jax.curation import pipeline
 
-  spec = importlib.util.spec_from_file_location(
-      "curation_config", pathlib.Path(__file__).parents[1] / "configs" / "curation.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(options.get("variant", "tiny"))
+  config = config_files.load(f"curation:{options.get('variant', 'tiny')}")
   stats = pipeline.run(config, str(stage_dir))
   print(f"[curate] {stats['input']} inputs -> {stats['kept']} kept; "
         f"{sum(stats['rejected'].values())} rejected by reason: {json.dumps(stats['rejected'])}")

@@ -1,14 +1,14 @@
 """Every variant of configs/pretrain.py builds a valid PretrainConfig (before any data or devices)."""
 
 import importlib.util
-import pathlib
 
 import pytest
 
+from seedcoder_jax import config_files
 from seedcoder_jax.train import config as config_lib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("pretrain_configs", ROOT / "configs" / "pretrain.py")
+_spec = importlib.util.spec_from_file_location("pretrain_configs",
+                                               config_files.CONFIG_DIR / "pretrain.py")
 pretrain_configs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pretrain_configs)
 
@@ -40,3 +40,15 @@ def test_1b_variant_is_the_one_gpu_shape():
 def test_unknown_variant_is_refused_with_the_known_ones():
   with pytest.raises(ValueError, match="known: .*tiny"):
     pretrain_configs.get_config("tinyy")
+
+
+def test_config_files_load_by_path_or_name(tmp_path):
+  by_name = config_files.load("pretrain:100m")
+  by_path = config_files.load(f"{config_files.CONFIG_DIR / 'pretrain.py'}:100m")
+  assert by_name.to_dict() == by_path.to_dict() and by_name.model.preset == "100m"
+  assert config_files.load("pretrain").model.preset == "tiny"  # get_config()'s default
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    config_files.load("nope:tiny")
+  (tmp_path / "empty.py").write_text("X = 1\n")
+  with pytest.raises(AttributeError, match="no get_config"):
+    config_files.load(f"{tmp_path / 'empty.py'}")
