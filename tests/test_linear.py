@@ -80,3 +80,22 @@ def test_projection_refuses_equations_without_a_plain_transpose(equation):
   with pytest.raises(ValueError, match="exactly two"):
     linear.projection(equation, jnp.ones((2, 3, 4)[:len(equation.split(",")[0])]),
                       jnp.ones((4, 5)))
+
+
+def test_decoder_dots_policy_still_saves_the_projection_outputs(capsys):
+  """A remat policy sees a custom VJP as one opaque call: "dots" must save projections by name."""
+  from seedcoder_jax.model import decoder
+
+  x = jnp.ones((2, 4, 8))
+  w1, w2 = jnp.ones((8, 16)), jnp.ones((16, 8))
+
+  def net(proj):
+    return lambda x, w1, w2: jnp.sum(proj("btf,fd->btd", jnp.sin(proj("btd,df->btf", x, w1)), w2))
+
+  def saved_hidden(proj):  # the saved [2, 4, 16] first-projection outputs (public API: printed)
+    f = jax.checkpoint(net(proj), policy=decoder.REMAT_POLICIES["dots"])
+    jax.ad_checkpoint.print_saved_residuals(f, x, w1, w2)
+    return [line for line in capsys.readouterr().out.splitlines() if "[2,4,16]" in line]
+
+  assert len(saved_hidden(_plain)) == 1
+  assert len(saved_hidden(linear.projection)) == 1

@@ -34,7 +34,10 @@ from seedcoder_jax.model.config import ModelConfig
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    # Matmul outputs: plain dots, and the projections (custom VJPs, opaque to the dot rule).
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        jax.checkpoint_policies.save_only_these_names(linear.CHECKPOINT_NAME)),
 }
 
 

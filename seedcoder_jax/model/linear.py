@@ -22,6 +22,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 
 def _split(equation: str) -> tuple[str, str, str]:
@@ -35,15 +36,25 @@ def _split(equation: str) -> tuple[str, str, str]:
   return x, w, out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+CHECKPOINT_NAME = "projection"
+
+
 def projection(equation: str, x, w):
-  """einsum(equation, x, w) with float32 accumulation; see the module docstring."""
+  """einsum(equation, x, w) with float32 accumulation; see the module docstring.
+
+  The output is named CHECKPOINT_NAME for remat policies: a policy sees the custom VJP as one
+  opaque call, not as a dot_general, so "save the dots" policies must also save this name."""
+  return checkpoint_name(_projection(equation, x, w), CHECKPOINT_NAME)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _projection(equation: str, x, w):
   _split(equation)
   return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
 
 
 def _projection_fwd(equation, x, w):
-  return projection(equation, x, w), (x, w)
+  return _projection(equation, x, w), (x, w)
 
 
 def _projection_bwd(equation, res, g):
@@ -55,7 +66,7 @@ def _projection_bwd(equation, res, g):
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-projection.defvjp(_projection_fwd, _projection_bwd)
+_projection.defvjp(_projection_fwd, _projection_bwd)
 
 
 @jax.custom_vjp
