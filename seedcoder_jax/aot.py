@@ -387,6 +387,7 @@ def compile_train_step(spec: AotSpec, topology: Topology, *, timeout_s: float = 
       "compute_dtype": spec.model.compute_dtype,
       "attention_impl": spec.model.attention_impl,
       "scan_layers": spec.model.scan_layers,
+      "loss_chunk": spec.model.loss_chunk,
       "batch_size": batch_size,
       "seq_len": spec.seq_len,
       "grad_accum_steps": spec.grad_accum_steps,

@@ -2,11 +2,14 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seedcoder_jax import model
 from seedcoder_jax.train import losses
+from seedcoder_jax.train import step as step_lib
 from seedcoder_jax.train import optimizer as opt_lib
 
 
@@ -47,3 +50,44 @@ def test_bad_optimizer_config_is_refused():
     opt_lib.OptimizerConfig(schedule="linear")
   with pytest.raises(ValueError, match="opt.warmup_steps=20"):
     opt_lib.OptimizerConfig(warmup_steps=20, total_steps=10)
+
+
+def test_chunked_cross_entropy_equals_whole_logits():
+  kh, kw, kt, km = jax.random.split(jax.random.key(0), 4)
+  hidden = jax.random.normal(kh, (2, 12, 8))
+  head = jax.random.normal(kw, (8, 40))
+  targets = jax.random.randint(kt, (2, 12), 0, 40)
+  weights = (jax.random.uniform(km, (2, 12)) > 0.3).astype(jnp.float32)
+
+  def whole(h, w):
+    return losses.cross_entropy(jnp.einsum("btd,dv->btv", h, w), targets, weights, z_loss=1e-3)
+
+  def chunked(h, w):
+    return losses.chunked_cross_entropy(h, w, targets, weights, chunk=4, z_loss=1e-3)
+
+  np.testing.assert_allclose(chunked(hidden, head), whole(hidden, head), rtol=1e-5)
+  grad = lambda f: jax.grad(lambda h, w: f(h, w)[0] + f(h, w)[1], argnums=(0, 1))(hidden, head)
+  for g, r in zip(grad(chunked), grad(whole)):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="chunk 5 .* divide the sequence length 12"):
+    losses.chunked_cross_entropy(hidden, head, targets, weights, chunk=5)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_train_loss_with_loss_chunk_equals_unchunked(tied):
+  """The train step's loss_sums: model.loss_chunk changes the memory plan, not the maths."""
+  cfg = model.preset("tiny", tie_embeddings=tied)
+  params = model.init_params(cfg)
+  tokens = jax.random.randint(jax.random.key(1), (2, 65), 0, cfg.vocab_size)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+           "segment_ids": jnp.ones((2, 64), jnp.int32).at[1, 40:].set(2),
+           "positions": jnp.broadcast_to(jnp.arange(64), (2, 64)),
+           "weights": jnp.ones((2, 64)).at[0, 50:].set(0.0)}
+  def loss_and_grads(c):
+    return jax.value_and_grad(lambda p: step_lib.loss_sums(c, p, batch, 1e-4), has_aux=True)(params)
+  (want, want_aux), want_g = loss_and_grads(cfg)
+  (got, got_aux), got_g = loss_and_grads(cfg.replace(loss_chunk=16))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert float(got_aux["tokens"]) == float(want_aux["tokens"]) == 128 - 14
+  for g, r in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)

@@ -94,20 +94,23 @@ def test_forward_and_gradient_on_2x4_mesh_equal_single_device():
     np.testing.assert_allclose(g, r, atol=1e-6, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
-def test_train_step_on_mesh_with_accumulation_equals_single_device():
-  """3 updates on a 2x2x2 mesh with 2 microbatches equal 3 plain single-device updates."""
+@pytest.mark.parametrize("loss_chunk", [0, 8])
+def test_train_step_on_mesh_with_accumulation_equals_single_device(loss_chunk):
+  """3 updates on a 2x2x2 mesh with 2 microbatches equal 3 plain single-device updates (with
+  loss_chunk: the sharded step's chunked loss against the single device's whole logits)."""
   optimizer = opt_lib.make_optimizer(opt_lib.OptimizerConfig(warmup_steps=1, total_steps=10))
   batch = _batch()
   state = step_lib.init_state(CFG, optimizer, seed=2)
   plain = jax.jit(lambda s, b: step_lib.train_step(CFG, optimizer, s, b))
+  cfg = CFG.replace(loss_chunk=loss_chunk)
   ref_losses = []
   for _ in range(3):
     state, m = plain(state, batch)
     ref_losses.append(float(m["loss"]))
 
   mesh = sh.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  sharded = step_lib.init_sharded_state(CFG, optimizer, mesh, seed=2)
-  step = step_lib.jit_train_step(CFG, optimizer, mesh, grad_accum_steps=2)
+  sharded = step_lib.init_sharded_state(cfg, optimizer, mesh, seed=2)
+  step = step_lib.jit_train_step(cfg, optimizer, mesh, grad_accum_steps=2)
   losses = []
   with sh.activate(mesh):
     b = sh.place_batch(batch, mesh)

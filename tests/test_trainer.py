@@ -159,6 +159,8 @@ def test_nan_stops_naming_the_step_with_last_good_checkpoint(tmp_path):
     ({"model": {"preset": "tinyy"}}, r"config.model.preset='tinyy'"),
     ({"opt": {"schedule": "linear"}}, r"opt.schedule='linear'"),
     ({"opt": {"grad_accum_steps": 3}}, r"config.data.batch_size=8 with config.opt.grad_accum_steps=3"),
+    ({"model": {"preset": "tiny", "loss_chunk": 48}}, r"config.model.loss_chunk=48 must divide"),
+    ({"model": {"preset": "tiny", "loss_chunk": -1}}, r"loss_chunk=-1 must be >= 0"),
 ])
 def test_bad_config_refused_before_compiling(tmp_path, monkeypatch, change, message):
   def no_compile(*a, **k):

@@ -47,6 +47,9 @@ class ModelConfig:
   remat: str = "none"
   scan_layers: bool = True
   init_std: float = 0.02
+  # >0: the training loss runs the LM head and cross entropy over chunks of this many positions
+  # (each chunk's logits recomputed in the backward pass), never holding [B, T, V] float32 logits.
+  loss_chunk: int = 0
 
   def __post_init__(self):
     errors = []
@@ -61,6 +64,8 @@ class ModelConfig:
       errors.append(f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     if self.remat not in REMAT_POLICIES:
       errors.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+    if self.loss_chunk < 0:
+      errors.append(f"loss_chunk={self.loss_chunk} must be >= 0 (0: no chunking)")
     if self.compute_dtype not in COMPUTE_DTYPES:
       errors.append(f"compute_dtype={self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
     if errors:

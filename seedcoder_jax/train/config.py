@@ -160,6 +160,9 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
       raise ConfigError(f"config.data.{k} is missing")
     _positive(f"config.data.{k}", data[k])
   batch_size, seq_len = data.pop("batch_size"), data.pop("seq_len")
+  if model_cfg.loss_chunk and seq_len % model_cfg.loss_chunk:
+    raise ConfigError(f"config.model.loss_chunk={model_cfg.loss_chunk} must divide "
+                      f"config.data.seq_len={seq_len}")
   if seq_len > model_cfg.max_seq_len:
     raise ConfigError(f"config.data.seq_len={seq_len} exceeds config.model.max_seq_len="
                       f"{model_cfg.max_seq_len} (raise model.max_seq_len for longer context)")
