@@ -38,14 +38,8 @@ for impl in $IMPLS; do
       >>"$RESULTS" 2>>"$LOG" || note "forward_backward $impl" "exit $? (see gpu_checks.log)"
 done
 
-SHAPE=$($PY - "$PRESET" <<'EOF'
-import json, sys
-from seedcoder_jax import model
-m = model.preset(sys.argv[1])
-print(json.dumps({**m.hf_names(), "rms_norm_eps": m.rms_norm_eps, "rope_theta": m.rope_theta,
-                  "tie_word_embeddings": m.tie_embeddings, "max_position_embeddings": m.max_seq_len}))
-EOF
-)
+SHAPE=$($PY -c "import json, sys; from seedcoder_jax import model; from seedcoder_jax.interop import hf
+print(json.dumps(hf.config_to_hf(model.preset(sys.argv[1]))))" "$PRESET")
 DEVICE=cuda
 $TORCH_PY -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || DEVICE=cpu
 $TORCH_PY bench/reference/torch_train_step.py --shape="$SHAPE" --batch_size="$BATCH" --seq_len="$SEQ" \

@@ -30,6 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from seedcoder_jax import perf
+from seedcoder_jax.interop import hf
 from seedcoder_jax.train import config as config_lib
 from seedcoder_jax.train import metrics as metrics_lib
 from seedcoder_jax.train import trainer
@@ -54,10 +55,7 @@ TORCH_SCRIPT = ROOT / "bench" / "reference" / "torch_train_step.py"
 
 def torch_figures(cfg, steps: int, warmup: int, dtypes: list[str]) -> dict:
   """Runs TORCH_SCRIPT on cfg's shape, batch and optimizer settings; returns its JSON line."""
-  m = cfg.model
-  shape = {**m.hf_names(), "rms_norm_eps": m.rms_norm_eps, "rope_theta": m.rope_theta,
-           "tie_word_embeddings": m.tie_embeddings, "max_position_embeddings": m.max_seq_len}
-  args = [f"--shape={json.dumps(shape)}", f"--batch_size={cfg.batch_size}",
+  args = [f"--shape={json.dumps(hf.config_to_hf(cfg.model))}", f"--batch_size={cfg.batch_size}",
           f"--seq_len={cfg.seq_len}", f"--steps={steps}", f"--warmup={warmup}",
           f"--lr={cfg.opt.peak_lr}", f"--b2={cfg.opt.b2}",
           f"--weight_decay={cfg.opt.weight_decay}", f"--clip_norm={cfg.opt.clip_norm}",

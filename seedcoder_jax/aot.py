@@ -478,12 +478,11 @@ def _lookup(tree, *paths: str):
 
 def load_config_file(arg: str):
   """'configs/pretrain.py:8b' -> the result of get_config('8b') in that file (imported lazily)."""
-  path = arg.partition(":")[0]
-  if not os.path.isfile(path):
-    raise AotError(f"config file {path!r} does not exist (from --config={arg}); use a configs/*.py "
-                   f"file with get_config(arg), or give --preset/--batch_size/--seq_len/--mesh")
   try:
     return config_files.load(arg)
+  except FileNotFoundError as e:
+    raise AotError(f"{e}; use a configs/*.py file with get_config(arg), or give "
+                   f"--preset/--batch_size/--seq_len/--mesh") from e
   except AttributeError as e:
     raise AotError(str(e)) from e
 

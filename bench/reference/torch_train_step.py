@@ -30,7 +30,8 @@ import transformers
 
 def _parse_args():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--shape", required=True, help="JSON: the model shape under Hugging Face's names")
+  p.add_argument("--shape", required=True,
+                 help="JSON: the model's config.json (seedcoder_jax.interop.hf.config_to_hf)")
   p.add_argument("--batch_size", type=int, required=True)
   p.add_argument("--seq_len", type=int, required=True)
   p.add_argument("--steps", type=int, default=10, help="measured optimizer steps per dtype")
@@ -47,8 +48,14 @@ def _parse_args():
   return p.parse_args()
 
 
+# Keys of seedcoder_jax.interop.hf.config_to_hf that describe the file, not the model's shape.
+_FILE_KEYS = ("architectures", "model_type", "torch_dtype")
+
+
 def _build_model(shape: dict, seq_len: int) -> transformers.LlamaForCausalLM:
-  shape = dict(shape)
+  shape = {k: v for k, v in shape.items() if k not in _FILE_KEYS}
+  if shape.pop("rope_scaling", None) is not None:
+    raise ValueError("rope_scaling is not supported by this benchmark (plain RoPE only)")
   # transformers v5 folds rope_theta into rope_parameters; pass it there so it is not dropped.
   theta = shape.pop("rope_theta")
   max_positions = max(seq_len, shape.pop("max_position_embeddings", seq_len))

@@ -34,6 +34,11 @@ def hidden_states(cfg: ModelConfig, params, tokens, *, segment_ids=None, positio
   return _apply(cfg, params, tokens, segment_ids, positions, return_hidden=True)
 
 
+def head_kernel(cfg: ModelConfig, params):
+  """The LM head as [D, V]: logits = hidden_states @ head_kernel (the embedding when tied)."""
+  return params["embed"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]
+
+
 def _apply(cfg, params, tokens, segment_ids, positions, *, return_hidden):
   tokens_BT = jnp.asarray(tokens, jnp.int32)
   if tokens_BT.ndim != 2:

@@ -103,11 +103,9 @@ def loss_sums(cfg: ModelConfig, params, batch, z_loss: float = 0.0):
   kwargs = dict(segment_ids=batch["segment_ids"], positions=batch["positions"])
   if cfg.loss_chunk:
     hidden_BTD = model_lib.hidden_states(cfg, params, batch["inputs"], **kwargs)
-    head_DV = (params["embed"]["embedding"].T if cfg.tie_embeddings
-               else params["lm_head"]["kernel"])
     nll, z, n = losses.chunked_cross_entropy(
-        hidden_BTD, head_DV, batch["targets"], batch["weights"], chunk=cfg.loss_chunk,
-        z_loss=z_loss, compute_dtype=jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32)
+        hidden_BTD, model_lib.head_kernel(cfg, params), batch["targets"], batch["weights"],
+        chunk=cfg.loss_chunk, z_loss=z_loss, compute_dtype=jnp.dtype(cfg.compute_dtype))
   else:
     logits_BTV = model_lib.forward(cfg, params, batch["inputs"], **kwargs)
     nll, z, n = losses.cross_entropy(logits_BTV, batch["targets"], batch["weights"], z_loss=z_loss)
