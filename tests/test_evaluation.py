@@ -179,7 +179,10 @@ def test_markdown_report_table_has_the_headline_figures():
                                                      "prompt_style": "chat", "temperature": 0.0}}
   table = report_lib.markdown_table(rep)
   assert "| pass@1 |" in table.splitlines()[0]
-  assert "| humaneval | 164 | 1 | 12.50% | 1 | 2 | bwrap (163) | gguf:smollm2 | chat | 0.0 |" in table
+  assert ("| humaneval | 164 | 1 | 12.50% | 1 | 0 | 0 | 2 | bwrap (163) | gguf:smollm2 | chat "
+          "| 0.0 |") in table
+  rep.update(unsupported={"x": "needs a jar"}, statuses={"ok": 150, "exited_early": 3})
+  assert "| 12.50% | 1 | 1 | 3 | 2 |" in report_lib.markdown_table(rep)
 
 
 # --- MultiPL-E / MBPP data ---------------------------------------------------------------------
@@ -187,7 +190,8 @@ def test_markdown_report_table_has_the_headline_figures():
 
 @needs_ppm
 def test_multipl_e_and_mbpp_load_from_the_ppm_fse_data():
-  cpp, java, mbpp = (benchmarks.get(n).load() for n in ("multipl_e_cpp", "multipl_e_java", "mbpp"))
+  cpp, java, mbpp = (benchmarks.get(n).load()
+                     for n in ("multipl_e_cpp", "multipl_e_java", "multipl_e_mbpp_py"))
   assert (len(cpp), len(java), len(mbpp)) == (161, 158, 397)
   add = {p.task_id: p for p in cpp}["HumanEval_53_add"]
   assert add.language == "cpp" and add.stop == ("\n}",) and "long add(long x, long y)" in add.prompt
@@ -195,12 +199,42 @@ def test_multipl_e_and_mbpp_load_from_the_ppm_fse_data():
   if benchmarks.javatuples_jar() is None:
     assert all("org.javatuples" not in p.prompt for p in java)
     assert sum(p.unsupported is not None for p in java) == 8
+  else:
+    assert all(p.unsupported is None and dict(p.libraries) for p in java)
+  # The old name is refused with a pointer to what the set really is.
+  with pytest.raises(benchmarks.BenchmarkError, match="'mbpp'.*multipl_e_mbpp_py"):
+    benchmarks.get("mbpp")
+
+
+@needs_ppm
+def test_java_problems_without_javatuples_count_as_failures(tmp_path, monkeypatch):
+  """Without the jar the 8 tuple problems cannot run: they stay in the denominator as failures."""
+  monkeypatch.setattr(benchmarks, "DEFAULT_JAVATUPLES_JAR", tmp_path / "none.jar")
+  monkeypatch.setattr(benchmarks, "SYSTEM_JAVATUPLES_JAR", tmp_path / "none.jar")
+  monkeypatch.delenv(benchmarks.JAVATUPLES_ENV, raising=False)
+  java = benchmarks.get("multipl_e_java").load()
+  unsupported = [p for p in java if p.unsupported]
+  assert len(unsupported) == 8
+  # One runnable problem answered correctly beside the 8: pass@1 = 1/9, not 1/1.
+  add = {p.task_id: p for p in java}["HumanEval_53_add"]
+  records = [{"task_id": p.task_id, "completion": "        return null;\n"} for p in unsupported]
+  records.append({"task_id": add.task_id, "completion": _ADD["java"][0]})
+  samples = samples_lib.read_samples(_write_jsonl(tmp_path / "s.jsonl", records),
+                                     [p.task_id for p in java])
+  rep = harness.score("multipl_e_java", unsupported + [add], samples, workers=1)
+  assert rep["pass_at_k"]["pass@1"] == pytest.approx(1 / 9)
+  assert (rep["num_scored"], rep["num_runnable"], len(rep["unsupported"])) == (9, 1, 8)
+  assert rep["statuses"] == {"ok": 1} and rep["missing"] == []
+  assert "failures" in rep["unsupported_policy"]
+  monkeypatch.setenv(benchmarks.JAVATUPLES_ENV, str(tmp_path / "missing.jar"))
+  with pytest.raises(benchmarks.BenchmarkError, match="missing.jar: no such file"):
+    benchmarks.javatuples_jar()
 
 
 def test_missing_ppm_data_names_the_make_target(tmp_path, monkeypatch):
   monkeypatch.setenv(benchmarks.PPM_FSE_ENV, str(tmp_path))
   with pytest.raises(benchmarks.BenchmarkError, match="make eval-data"):
-    benchmarks.load_mbpp()
+    benchmarks.load_multipl_e_mbpp()
 
 
 # --- prompt token ids (a small SentencePiece model has every special token) --------------------
@@ -354,7 +388,7 @@ def test_mbpp_known_good_passes_and_wrong_fails(tmp_path):
       {"task_id": "mbpp_464_check_value",
        "completion": "    return all(v == n for v in dict.values())\n"},
       {"task_id": "mbpp_464_check_value", "completion": "    return True\n"}])
-  rep = harness.evaluate(harness.EvalConfig(benchmark="mbpp", samples=str(path),
+  rep = harness.evaluate(harness.EvalConfig(benchmark="multipl_e_mbpp_py", samples=str(path),
                                             output=str(tmp_path / "o.json")))
   row = {r["task_id"]: r for r in rep["per_problem"]}["mbpp_464_check_value"]
   assert [s["passed"] for s in row["samples"]] == [True, False]

