@@ -118,9 +118,12 @@ def base() -> ml_collections.ConfigDict:
   c.web = ml_collections.ConfigDict(dict(enabled=False, inputs=(), min_chars=200,
                                          use_classifier=True, classifier_threshold=0.5))
 
-  # Stage 9: n-gram overlap with evaluation benchmarks.
-  c.decontam = ml_collections.ConfigDict(dict(enabled=True, n=10, benchmarks=("humaneval",),
-                                              max_task_share=0.05))
+  # Stage 9: n-gram overlap with every benchmark eval/run.py scores (MultiPL-E's data comes from
+  # `make eval-data`).
+  c.decontam = ml_collections.ConfigDict(dict(
+      enabled=True, n=10, max_task_share=0.05,
+      benchmarks=("humaneval", "fim_humaneval", "multipl_e_cpp", "multipl_e_java",
+                  "multipl_e_mbpp_py")))
 
   # Stage 10: outputs.
   c.output = ml_collections.ConfigDict(dict(

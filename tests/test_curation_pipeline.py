@@ -64,7 +64,7 @@ def inputs(tmp_path_factory):
   enc = (STDLIB / "json" / "encoder.py").read_text().splitlines()
   (junk / "encoder_fork.py").write_text("\n".join(enc[:100] + ["# forked"] + enc[100:]))  # near
   (junk / "notes.txt").write_text("a text file\n")
-  sol = decontam.humaneval_texts()["HumanEval/0"]
+  sol = decontam.benchmark_texts("humaneval")["HumanEval/0"]
   (junk / "contaminated.py").write_text((STDLIB / "textwrap.py").read_text() + "\n\n" + sol)
   # Archives: a good one (stdlib html, in a top-level directory) and a truncated one.
   good = root / "html-main.tar.gz"

