@@ -36,15 +36,37 @@ TINY_CORPUS = "workdir/data/stdlib_corpus"
 TINY_TOKENIZER = "spm:workdir/data/tokenizer/tiny.model"
 
 
+def _preset_value(kind: type) -> ml_collections.FieldReference:
+  """A ModelConfig field that keeps the preset's value (None) until a variant or flag sets it."""
+  return ml_collections.FieldReference(None, field_type=kind)
+
+
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.trainer = "pretrain"  # launch/train.py runs the trainer this names (pretrain, sft, dpo, rl)
   c.seed = 0  # parameter init and data order
   c.stop_after_steps = 0  # >0: stop (with a checkpoint) before opt.total_steps, e.g. benchmarks
 
-  # Model: a preset of seedcoder_jax.model.PRESETS plus ModelConfig field overrides.
+  # Model: a preset of seedcoder_jax.model.PRESETS plus ModelConfig field overrides. Every
+  # ModelConfig field is listed so that any can be overridden from the command line
+  # (--config.model.compute_dtype=bfloat16); None keeps the preset's value.
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"
+  for name, kind in (("vocab_size", int), ("d_model", int), ("n_layers", int), ("n_heads", int),
+                     ("n_kv_heads", int), ("head_dim", int), ("d_ff", int),
+                     ("rms_norm_eps", float), ("rope_theta", float), ("max_seq_len", int),
+                     ("tie_embeddings", bool),
+                     ("compute_dtype", str),  # float32 | bfloat16 (matmul operands; fp32 accumulation)
+                     ("attention_impl", str),  # flash | xla | cudnn | splash
+                     ("remat", str),  # none | full | dots
+                     ("scan_layers", bool), ("init_std", float),
+                     ("loss_chunk", int)):  # >0: LM head + loss over slices of this many positions
+    c.model[name] = _preset_value(kind)
+  # Llama-3.1 RoPE scaling: setting any field turns it on (the rest: RopeScaling's defaults).
+  c.model.rope_scaling = ml_collections.ConfigDict({
+      "factor": _preset_value(float), "low_freq_factor": _preset_value(float),
+      "high_freq_factor": _preset_value(float),
+      "original_max_position_embeddings": _preset_value(int)})
 
   # Where the initial weights come from when WORKDIR has no checkpoint yet (a checkpoint in
   # WORKDIR always wins: that is resuming). random | workdir (a previous phase's workdir: its
@@ -67,6 +89,10 @@ def base() -> ml_collections.ConfigDict:
   c.data.fim_spm_fraction = 1.0  # SPM order (1.0) vs PSM (0.0), for the ablation
   c.data.eval_fraction = 0.02  # held-out share of each corpus (fixed hash, seed-independent)
   c.data.num_workers = 0  # Grain worker processes (0: threads in this process)
+  c.data.worker_buffer_size = 2  # batches each worker prefetches
+  c.data.read_threads = 2  # threads reading + tokenizing ahead in each process
+  c.data.packing_bins = 0  # first-fit packing bins (0: the per-process batch size)
+  c.data.seed = ml_collections.FieldReference(None, field_type=int)  # data order (None: c.seed)
 
   # Optimizer: AdamW (OptimizerConfig) + gradient accumulation and z-loss of the train step.
   c.opt = ml_collections.ConfigDict()
@@ -78,7 +104,9 @@ def base() -> ml_collections.ConfigDict:
   c.opt.decay_fraction = 0.1  # wsd: share of steps in the final linear decay
   c.opt.weight_decay = 0.1
   c.opt.clip_norm = 1.0
+  c.opt.b1 = 0.9
   c.opt.b2 = 0.95
+  c.opt.eps = 1e-8
   c.opt.grad_accum_steps = 1  # microbatches per optimizer step
   c.opt.z_loss = 0.0
 

@@ -52,3 +52,92 @@ def test_config_files_load_by_path_or_name(tmp_path):
   (tmp_path / "empty.py").write_text("X = 1\n")
   with pytest.raises(AttributeError, match="no get_config"):
     config_files.load(f"{tmp_path / 'empty.py'}")
+
+
+def _override_value(field: str, cfg):
+  """A valid value for ModelConfig `field` that differs from the variant's (cfg: its PretrainConfig)."""
+  m = cfg.model
+  return {
+      "vocab_size": m.vocab_size * 2, "d_model": m.d_model * 2, "n_layers": m.n_layers + 1,
+      "n_heads": m.n_heads * 2, "n_kv_heads": m.n_heads, "head_dim": m.head_dim * 2,
+      "d_ff": m.d_ff + 64, "rms_norm_eps": m.rms_norm_eps * 10, "rope_theta": m.rope_theta * 2,
+      "max_seq_len": m.max_seq_len * 2, "tie_embeddings": not m.tie_embeddings,
+      "compute_dtype": "bfloat16" if m.compute_dtype == "float32" else "float32",
+      "attention_impl": "xla" if m.attention_impl != "xla" else "flash",
+      "remat": "full" if m.remat != "full" else "none", "scan_layers": not m.scan_layers,
+      "init_std": m.init_std / 2, "loss_chunk": cfg.seq_len // 2 if m.loss_chunk != cfg.seq_len // 2
+      else cfg.seq_len // 4,
+  }[field]
+
+
+def _flag(value) -> str:
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _parse_like_launch_train(monkeypatch, variant: str, *overrides: str):
+  """The config as launch/train.py gets it: absl config_flags with lock_config=True. config_flags
+  reads the override flags from sys.argv, so the test sets it."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["train.py", f"--config={config_files.CONFIG_DIR / 'pretrain.py'}:{variant}", *overrides]
+  monkeypatch.setattr("sys.argv", argv)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
+  flag_values(argv)
+  return flag_values.config
+
+
+def _from_tree(c, tmp_path):
+  if c.init.path and "://" not in c.init.path:
+    c.init.path = str(tmp_path)  # a previous phase's workdir, which a fresh clone lacks
+  return config_lib.from_tree(c.to_dict())
+
+
+@pytest.mark.parametrize("variant", sorted(pretrain_configs.VARIANTS))
+def test_every_model_field_is_overridable_from_the_command_line(variant, tmp_path, monkeypatch):
+  """Every ModelConfig field is a key of every variant's config.model (None: the preset's value),
+  so `--config.model.FIELD=V` works whichever fields the variant happened to set."""
+  import dataclasses
+  from seedcoder_jax.model.config import ModelConfig
+  c = pretrain_configs.get_config(variant)
+  fields = [f.name for f in dataclasses.fields(ModelConfig)]
+  assert sorted(set(fields) - set(c.model)) == [], "ModelConfig fields missing from config.model"
+  cfg = _from_tree(c, tmp_path)
+  assert cfg.model == config_lib.model_lib.preset(
+      c.model.preset, **{k: v for k, v in c.model.items() if k != "preset"})
+  overrides = {f: _override_value(f, cfg) for f in fields if f != "rope_scaling"}
+  for field, value in overrides.items():
+    got = _from_tree(_parse_like_launch_train(
+        monkeypatch, variant, f"--config.model.{field}={_flag(value)}"), tmp_path)
+    assert getattr(got.model, field) == value, field
+    assert got.model.replace(**{field: getattr(cfg.model, field)}) == cfg.model, field
+  got = _from_tree(_parse_like_launch_train(
+      monkeypatch, variant, "--config.model.rope_scaling.factor=4.0",
+      "--config.model.rope_scaling.original_max_position_embeddings=4096"), tmp_path)
+  assert got.model.rope_scaling == config_lib.model_lib.RopeScaling(
+      factor=4.0, original_max_position_embeddings=4096)
+
+
+@pytest.mark.parametrize("group, cls", [("opt", "OptimizerConfig"), ("ckpt", "CheckpointConfig"),
+                                        ("eval", "EvalConfig"), ("log", "LogConfig"),
+                                        ("init", "InitConfig"), ("data", "InputConfig")])
+def test_every_dataclass_field_is_a_config_key(group, cls):
+  """The other groups that become frozen dataclasses list every field too (derived ones aside)."""
+  import dataclasses
+  from seedcoder_jax import input as input_lib
+  from seedcoder_jax.train import optimizer as opt_lib
+  from seedcoder_jax.train.checkpoint import CheckpointConfig
+  classes = {"OptimizerConfig": opt_lib.OptimizerConfig, "CheckpointConfig": CheckpointConfig,
+             "EvalConfig": config_lib.EvalConfig, "LogConfig": config_lib.LogConfig,
+             "InitConfig": config_lib.InitConfig, "InputConfig": input_lib.InputConfig}
+  fields = {f.name for f in dataclasses.fields(classes[cls])} - set(config_lib.DERIVED_INPUT_FIELDS)
+  for variant in sorted(pretrain_configs.VARIANTS):
+    c = pretrain_configs.get_config(variant)
+    assert sorted(fields - set(c[group])) == [], (variant, group)
+
+
+def test_data_seed_defaults_to_the_run_seed(tmp_path, monkeypatch):
+  c = _parse_like_launch_train(monkeypatch, "tiny", "--config.seed=7")
+  assert _from_tree(c, tmp_path).input_config().seed == 7
+  c = _parse_like_launch_train(monkeypatch, "tiny", "--config.seed=7", "--config.data.seed=3")
+  assert _from_tree(c, tmp_path).input_config().seed == 3

@@ -149,7 +149,28 @@ PRESETS["8b"] = PRESETS["seed_coder_8b"]
 
 
 def preset(name: str, **overrides) -> ModelConfig:
-  """Returns the named preset, with `overrides` applied (e.g. compute_dtype="bfloat16")."""
+  """Returns the named preset, with `overrides` applied (e.g. compute_dtype="bfloat16").
+
+  An override of None keeps the preset's value: configs list every ModelConfig field (so each can
+  be overridden from the command line) with None meaning "the preset's". `rope_scaling` may be a
+  RopeScaling or a mapping whose None fields keep the preset's scaling (or RopeScaling's defaults
+  when the preset has none); all None keeps the preset's rope_scaling as it is."""
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
-  return PRESETS[name].replace(**overrides)
+  base = PRESETS[name]
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  if "rope_scaling" in overrides:
+    overrides["rope_scaling"] = _merge_rope_scaling(base.rope_scaling, overrides["rope_scaling"])
+  return base.replace(**overrides)
+
+
+def _merge_rope_scaling(base: Optional[RopeScaling], given) -> Optional[RopeScaling]:
+  given = dataclasses.asdict(given) if isinstance(given, RopeScaling) else dict(given)
+  known = {f.name for f in dataclasses.fields(RopeScaling)}
+  if set(given) - known:
+    raise ValueError(f"unknown rope_scaling fields {sorted(set(given) - known)}; known: "
+                     f"{sorted(known)}")
+  given = {k: v for k, v in given.items() if v is not None}
+  if not given:
+    return base
+  return dataclasses.replace(base or RopeScaling(), **given)

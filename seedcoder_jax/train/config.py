@@ -2,8 +2,9 @@
 
 The tree's groups (configs/pretrain.py documents each key):
   trainer, seed, stop_after_steps
-  model   preset + ModelConfig overrides        init  kind (random|workdir|hf|gguf|orbax), path
-  data    batch_size, seq_len + the input pipeline's InputConfig fields
+  model   preset + ModelConfig fields (None: the preset's value)
+  init    kind (random|workdir|hf|gguf|orbax), path
+  data    batch_size, seq_len + the input pipeline's InputConfig fields (None: its default)
   opt     OptimizerConfig fields + grad_accum_steps, z_loss
   ckpt    CheckpointConfig fields               eval  every_steps, batches, at_end
   log     every_steps, progress_bar             mesh  data, fsdp, tensor (one may be -1)
@@ -133,9 +134,7 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
   if preset not in model_lib.PRESETS:
     raise ConfigError(f"config.model.preset={preset!r} is not one of {sorted(model_lib.PRESETS)}")
   _check_keys("config.model", model, [f.name for f in dataclasses.fields(ModelConfig)])
-  if isinstance(model.get("rope_scaling"), Mapping):
-    model["rope_scaling"] = model_lib.RopeScaling(**model["rope_scaling"])
-  try:
+  try:  # None (configs/pretrain.py's placeholders) keeps the preset's value
     model_cfg = model_lib.preset(preset, **model)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.model: {e}") from e
@@ -154,7 +153,8 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
   if z_loss < 0:
     raise ConfigError(f"config.opt.z_loss={z_loss} must be >= 0")
 
-  data = dict(tree.get("data") or {})
+  # None (a placeholder such as data.seed) means the input pipeline's default (seed: config.seed).
+  data = {k: v for k, v in dict(tree.get("data") or {}).items() if v is not None}
   for k in TRAINER_DATA_KEYS:
     if k not in data:
       raise ConfigError(f"config.data.{k} is missing")
