@@ -71,14 +71,14 @@ test: install install-ref eval-data
 test-all: install install-ref eval-data
 	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-demo: install
+demo: install eval-data
 	$(PYTHON) launch/recipe.py --config=configs/recipe.py:tiny --workdir=$${WORKDIR:-workdir/demo}
 
 # The OpenAI-compatible server on SmolLM2-135M-Instruct; the curation pipeline alone.
 serve: install
 	$(PYTHON) launch/serve.py --model=gguf:smollm2 --port=8000
 
-curate: install
+curate: install eval-data
 	$(PYTHON) data/curate.py --config=configs/curation.py:tiny --workdir=$${WORKDIR:-workdir/curation}
 
 clean:
