@@ -1,6 +1,7 @@
 r"""Pretraining: phase 1 (file-level, FIM 0.5 SPM) and phase 2 continued pretraining.
 
-  # once: a pre-scored corpus of CPython's stdlib and a 512-token tokenizer (paths of `tiny`)
+  # the tiny variants' data (a pre-scored corpus of CPython's stdlib and a 512-token tokenizer):
+  # built on first use when missing (config.prepare), or beforehand with
   python data/make_corpus.py --output=workdir/data/stdlib_corpus
   python data/train_tokenizer.py --input=workdir/data/stdlib_corpus --vocab_size=512 \
       --max_chars=5000000 --output=workdir/data/tokenizer/tiny.model
@@ -33,7 +34,8 @@ import math
 import ml_collections
 
 TINY_CORPUS = "workdir/data/stdlib_corpus"
-TINY_TOKENIZER = "spm:workdir/data/tokenizer/tiny.model"
+TINY_TOKENIZER_MODEL = "workdir/data/tokenizer/tiny.model"
+TINY_TOKENIZER = f"spm:{TINY_TOKENIZER_MODEL}"
 
 
 def _preset_value(kind: type) -> ml_collections.FieldReference:
@@ -93,6 +95,15 @@ def base() -> ml_collections.ConfigDict:
   c.data.read_threads = 2  # threads reading + tokenizing ahead in each process
   c.data.packing_bins = 0  # first-fit packing bins (0: the per-process batch size)
   c.data.seed = ml_collections.FieldReference(None, field_type=int)  # data order (None: c.seed)
+
+  # The tiny data, built before the first step when missing (the two commands above, one log line
+  # each): the stdlib corpus if data.corpora names `stdlib_corpus`, the tokenizer if data.tokenizer
+  # is spm:`tokenizer`. Nothing else is ever built: a mistyped path of your own stays an error.
+  c.prepare = ml_collections.ConfigDict()
+  c.prepare.stdlib_corpus = TINY_CORPUS
+  c.prepare.tokenizer = TINY_TOKENIZER_MODEL
+  c.prepare.vocab_size = 512
+  c.prepare.max_chars = 5_000_000
 
   # Optimizer: AdamW (OptimizerConfig) + gradient accumulation and z-loss of the train step.
   c.opt = ml_collections.ConfigDict()
@@ -208,6 +219,7 @@ def seed_coder_8b(c, *, phase: int):
   # data/curate.py --config=configs/curation.py:full writes these: DIR/corpus (files + web pages,
   # bottom 10% by the scorer already dropped) and DIR/commit_corpus. Replace YOUR_BUCKET.
   c.data.corpora = ("gs://YOUR_BUCKET/curation/corpus",)
+  c.prepare.update(stdlib_corpus="", tokenizer="")  # real data only: nothing built on first use
   c.data.score_drop_fraction = 0.0  # the curation dropped the bottom 10% already
   c.data.tokenizer = "spm:gs://YOUR_BUCKET/tokenizer/seed_coder.model"
   c.data.num_workers = 8

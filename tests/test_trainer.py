@@ -269,3 +269,29 @@ def test_missing_corpus_or_tokenizer_refused_before_compiling(tmp_path, monkeypa
   cfg["model"] = {"preset": "tiny", "vocab_size": 256}
   with pytest.raises(trainer.ConfigError, match=r"has 400 tokens but config.model.vocab_size=256"):
     trainer.run(cfg, tmp_path / "w")
+
+
+def test_missing_tiny_data_is_built_on_first_use_and_only_where_named(tmp_path, monkeypatch,
+                                                                      capsys):
+  """config.prepare: a fresh clone's tiny run builds the stdlib corpus and tokenizer it names
+  (one log line each), once; data the config does not name is never built."""
+  from seedcoder_jax.input import source_files, stdlib_data
+  monkeypatch.setattr(source_files, "default_source_dir",
+                      lambda: pathlib.Path(json.__file__).parent.parent / "email")
+  corpus, model = tmp_path / "data" / "corpus", tmp_path / "data" / "tok" / "tiny.model"
+  prepare = {"stdlib_corpus": str(corpus), "tokenizer": str(model), "vocab_size": 400,
+             "max_chars": 400_000}
+  cfg = trainer.from_tree(toy_config(
+      data={"corpora": [str(corpus)], "tokenizer": f"spm:{model}"}, prepare=prepare))
+  trainer.prepare_missing_data(cfg)
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 and all(line.startswith("[data] ") and "is missing" in line
+                                 for line in lines), lines
+  assert not stdlib_data.corpus_missing(corpus) and model.is_file()
+  trainer.prepare_missing_data(cfg)  # present now: nothing to do, nothing said
+  assert capsys.readouterr().out == ""
+  mine = tmp_path / "my_corpus"
+  other = trainer.from_tree(toy_config(
+      data={"corpora": [str(mine)], "tokenizer": f"spm:{tmp_path / 'my.model'}"}, prepare=prepare))
+  trainer.prepare_missing_data(other)
+  assert not mine.exists() and not (tmp_path / "my.model").exists()

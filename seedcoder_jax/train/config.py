@@ -8,6 +8,7 @@ The tree's groups (configs/pretrain.py documents each key):
   opt     OptimizerConfig fields + grad_accum_steps, z_loss
   ckpt    CheckpointConfig fields               eval  every_steps, batches, at_end
   log     every_steps, progress_bar             mesh  data, fsdp, tensor (one may be -1)
+  prepare the tiny data built on first use when missing (PrepareConfig)
 Unknown keys and impossible values are refused here with the key's full name and value; checks
 that need the devices (mesh vs model vs batch) follow in trainer.validate, still before compiling.
 Nothing here imports ml_collections: the caller passes plain dicts.
@@ -26,7 +27,7 @@ from seedcoder_jax.train.optimizer import OptimizerConfig
 
 INIT_KINDS = ("random", "workdir", "hf", "gguf", "orbax")
 TOP_LEVEL = ("trainer", "seed", "stop_after_steps", "model", "init", "data", "opt", "ckpt", "eval",
-             "log", "mesh")
+             "log", "mesh", "prepare")
 MESH_KEYS = ("data", "fsdp", "tensor")
 TRAINER_DATA_KEYS = ("batch_size", "seq_len")
 STEP_OPT_KEYS = ("grad_accum_steps", "z_loss")
@@ -56,6 +57,18 @@ class LogConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+  """Data a fresh clone lacks, built before the first step when missing (seedcoder_jax.input.
+  stdlib_data): the stdlib corpus at `stdlib_corpus` if config.data.corpora names that directory,
+  and a SentencePiece model at `tokenizer` if config.data.tokenizer is `spm:` + that path. Data
+  the config does not name is never built (a mistyped corpus path stays an error)."""
+  stdlib_corpus: str = ""
+  tokenizer: str = ""
+  vocab_size: int = 512
+  max_chars: int = 5_000_000
+
+
+@dataclasses.dataclass(frozen=True)
 class PretrainConfig:
   model: ModelConfig
   preset: str
@@ -68,6 +81,7 @@ class PretrainConfig:
   eval: EvalConfig = EvalConfig()
   log: LogConfig = LogConfig()
   init: InitConfig = InitConfig()
+  prepare: PrepareConfig = PrepareConfig()
   grad_accum_steps: int = 1
   z_loss: float = 0.0
   seed: int = 0
@@ -184,6 +198,7 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
   if init.path and "://" not in init.path and not os.path.exists(init.path):
     raise ConfigError(f"config.init.path={init.path!r} does not exist")
 
+  prepare = _build(PrepareConfig, "config.prepare", dict(tree.get("prepare") or {}))
   ckpt = _build(CheckpointConfig, "config.ckpt", dict(tree.get("ckpt") or {}))
   eval_cfg = _build(EvalConfig, "config.eval", dict(tree.get("eval") or {}))
   log = _build(LogConfig, "config.log", dict(tree.get("log") or {}))
@@ -194,5 +209,5 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
   return PretrainConfig(
       model=model_cfg, preset=preset, opt=opt_cfg, batch_size=batch_size, seq_len=seq_len,
       data=tuple(sorted(data.items())), mesh=tuple(mesh.items()), ckpt=ckpt, eval=eval_cfg,
-      log=log, init=init, grad_accum_steps=grad_accum, z_loss=z_loss, seed=int(tree.get("seed", 0)),
+      log=log, init=init, prepare=prepare, grad_accum_steps=grad_accum, z_loss=z_loss, seed=int(tree.get("seed", 0)),
       stop_after_steps=stop)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import pathlib
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -56,6 +57,29 @@ class DataSource:
 
   train: Callable[[int, int], Iterator[dict]]
   eval: Optional[Callable[[int, int], list]] = None
+
+
+def prepare_missing_data(cfg: PretrainConfig) -> None:
+  """Builds the data of config.prepare that config.data names and that is missing (the tiny
+  variants' stdlib corpus and tokenizer), one log line each. Process 0 builds; the others wait."""
+  from seedcoder_jax.input import stdlib_data  # pylint: disable=g-import-not-at-top
+  p, data = cfg.prepare, dict(cfg.data)
+  corpus = p.stdlib_corpus if p.stdlib_corpus in tuple(data.get("corpora", ())) else ""
+  spm = p.tokenizer if p.tokenizer and data.get("tokenizer") == f"spm:{p.tokenizer}" else ""
+  todo = (corpus and stdlib_data.corpus_missing(corpus)) or (spm and not os.path.exists(spm))
+  if not todo:
+    return
+  if jax.process_index() == 0:
+    if corpus and stdlib_data.corpus_missing(corpus):
+      stdlib_data.build_corpus(corpus)
+    if spm and not os.path.exists(spm):
+      source = corpus or p.stdlib_corpus
+      if stdlib_data.corpus_missing(source):
+        stdlib_data.build_corpus(source)
+      stdlib_data.build_tokenizer(spm, source, vocab_size=p.vocab_size, max_chars=p.max_chars)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("prepare_missing_data")
 
 
 def input_data_source(cfg: PretrainConfig) -> DataSource:
@@ -222,7 +246,9 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
   except sharding_lib.MeshError as e:
     raise ConfigError(f"config.mesh={dict(cfg.mesh)}: {e}") from e
   validate(cfg, mesh)
-  data = data or input_data_source(cfg)
+  if data is None:
+    prepare_missing_data(cfg)
+    data = input_data_source(cfg)
   pi, pc = jax.process_index(), jax.process_count()
   iterator = data.train(pi, pc)  # a missing corpus fails here, before any compilation
   eval_batches = data.eval(pi, pc) if data.eval is not None else None
