@@ -3,7 +3,7 @@
   python launch/recipe.py --config=configs/recipe.py:tiny --workdir=workdir/demo
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from seedcoder_jax import recipe
@@ -16,6 +16,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   c = _CONFIG.value
+  if not flags.FLAGS["verbosity"].present:
+    # As launch/train.py: orbax logs every checkpoint at INFO (~300 lines between the stages'
+    # own lines); --verbosity=0 shows it.
+    logging.set_verbosity(logging.WARNING)
   options = {name: c[name].to_dict() for name in c.stages if name in c}
   recipe.run(list(c.stages), options, _WORKDIR.value)
 
