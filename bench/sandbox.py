@@ -5,7 +5,8 @@
 
 Each run is a small HumanEval-style program (a function, then asserts on it, stdin echoed). Also
 times the same interpreter started bare (no sandbox, no limits) so the sandbox's own share of a
-run is visible: per_run_ms - bare_ms.
+run is visible: per_run_ms - bare_ms. "budget" says how the runs' memory and task budgets were held
+(a cgroup per run, or polled: seedcoder_jax/sandbox/budget.py).
 """
 
 import json
@@ -80,6 +81,7 @@ def main(_):
       "bench": "sandbox",
       "language": language,
       "isolation": first.isolation,
+      "budget": first.budget,
       "runs": runs,
       "workers": workers,
       "sequential_runs_per_s": round(runs / sequential_s, 2),

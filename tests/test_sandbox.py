@@ -4,23 +4,39 @@ Every hostile program carries a random marker in its argv (so every process it f
 it in /proc/PID/cmdline); after each run the test checks that no process with that marker is left.
 """
 
+import errno
 import os
 import pathlib
+import platform
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 
 import pytest
 
 from seedcoder_jax import sandbox
-from seedcoder_jax.sandbox import isolation, process, runner
+from seedcoder_jax.sandbox import budget, isolation, process, runner, seccomp
 
 BWRAP_OK, BWRAP_WHY = isolation.bwrap_works()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap cannot run here: {BWRAP_WHY}")
+BUDGET, _, BUDGET_WHY = budget.mode()
+needs_cgroup = pytest.mark.skipif(BUDGET == "polled",
+                                  reason=f"no cgroup for per-run budgets here: {BUDGET_WHY}")
+_MB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _opt_in_to_rlimits_where_bwrap_cannot_run(monkeypatch):
+  # "auto" refuses to run without bwrap; on such hosts the suite opts in by name, as a user would,
+  # and the bwrap-only tests skip.
+  if not BWRAP_OK:
+    monkeypatch.setenv("SEEDCODER_SANDBOX_ISOLATION", "rlimits")
 
 
 def _marker():
@@ -81,6 +97,7 @@ def test_stdin_to_stdout():
                        stdin="1\n20\n300\n", timeout_s=5, memory_mb=256)
   assert (r.status, r.returncode, r.stdout, r.stderr) == ("ok", 0, "2\n40\n600\n", "")
   assert r.isolation == ("bwrap" if BWRAP_OK else "rlimits")
+  assert r.budget == BUDGET
   assert 0 < r.wall_s < 5
 
 
@@ -136,6 +153,9 @@ def test_classify_is_a_pure_function_of_what_the_supervisor_saw():
   assert runner.classify(raw(-9, cpu_s=2.0), cpu_limit_s=2) == "timeout"
   assert runner.classify(raw(-9, cpu_s=0.5), cpu_limit_s=2) == "error"
   assert runner.classify(raw(1, stderr=b"...\nMemoryError\n"), cpu_limit_s=2) == "memory"
+  # The run's memory budget killed it: memory, even had it exited 0 or run out of time after.
+  assert runner.classify(raw(-9, over_budget=True), cpu_limit_s=2) == "memory"
+  assert runner.classify(raw(0, over_budget=True, timed_out=True), cpu_limit_s=2) == "memory"
   assert runner.classify(raw(-9, output_limited=True, timed_out=True), cpu_limit_s=2) == \
       "output_limit"
   assert isolation.parse_times("0m0.01s 0m0.00s\n1m2.50s 0m0.25s\n") == pytest.approx(62.75)
@@ -375,17 +395,35 @@ def test_rlimits_fallback_cannot_read_a_private_home_or_write_a_private_dir(tmp_
   assert victim.read_text() == "original"
 
 
-def test_auto_falls_back_to_rlimits_when_bwrap_cannot_start(monkeypatch):
+def test_auto_refuses_to_run_without_bwrap_unless_rlimits_is_asked_for_by_name(monkeypatch):
+  monkeypatch.delenv("SEEDCODER_SANDBOX_ISOLATION", raising=False)
   monkeypatch.setattr(isolation, "bwrap_path", lambda: "/nonexistent/bwrap")
   isolation.bwrap_works.cache_clear()
   try:
-    assert sandbox.resolve_isolation("auto") == "rlimits"
-    with pytest.raises(ValueError, match="bwrap.*cannot run here.*nonexistent"):
-      sandbox.resolve_isolation("bwrap")
-    r = sandbox.run_code("print('fallback')", timeout_s=5, isolation="auto")
-    assert (r.status, r.stdout, r.isolation) == ("ok", "fallback\n", "rlimits")
+    for requested in ("auto", "bwrap", None):
+      # The refusal says why bwrap failed and how to opt in.
+      with pytest.raises(sandbox.SandboxUnavailable,
+                         match=r"cannot run here \(.*/nonexistent/bwrap.*"
+                               r"SEEDCODER_SANDBOX_ISOLATION=rlimits.*isolation='rlimits'"):
+        sandbox.resolve_isolation(requested)
+      with pytest.raises(ValueError, match="bubblewrap cannot run here"):
+        sandbox.run_code("print('no')", timeout_s=5, isolation=requested)
+    r = sandbox.run_code("print('opted in')", timeout_s=5, isolation="rlimits")
+    assert (r.status, r.stdout, r.isolation) == ("ok", "opted in\n", "rlimits")
+    monkeypatch.setenv("SEEDCODER_SANDBOX_ISOLATION", "rlimits")
+    r = sandbox.run_code("print('by env')", timeout_s=5)
+    assert (r.status, r.stdout, r.isolation) == ("ok", "by env\n", "rlimits")
   finally:
     isolation.bwrap_works.cache_clear()
+
+
+def test_a_bwrap_that_fails_its_probe_is_named_in_the_refusal(monkeypatch):
+  monkeypatch.delenv("SEEDCODER_SANDBOX_ISOLATION", raising=False)
+  why = "bwrap probe exited 1: setting up uid map: Permission denied"
+  monkeypatch.setattr(isolation, "bwrap_works", lambda: (False, why))
+  with pytest.raises(sandbox.SandboxUnavailable, match="uid map: Permission denied"):
+    sandbox.run_code("print(1)", timeout_s=5)
+  assert sandbox.resolve_isolation("rlimits") == "rlimits"
 
 
 @pytest.mark.parametrize("mode", [pytest.param("bwrap", marks=needs_bwrap), "rlimits"])
@@ -507,6 +545,240 @@ def test_cpp_memory_and_signal_ignoring_loop():
            " volatile unsigned long x = 0; for (;;) ++x; }\n", marker, language="cpp",
            timeout_s=1.0)
   assert r.status == "timeout", r
+
+
+# ---------------------------------------------------------------- budgets of a whole run
+
+
+# Many children, each within its own RLIMIT_AS, whose sum is far past the run's budget: 16 x 300
+# MB would take 4.8 GB unbounded, the budget allows about 400 MB (memory_mb 384 plus the tmpfs).
+_CHILDREN, _CHILD_MB, _HUNGRY_MEMORY_MB, _HUNGRY_DISK_MB = 16, 300, 384, 8
+_HUNGRY = """
+    import os, sys, time
+    kids = []
+    for _ in range(int(sys.stdin.read())):
+      pid = os.fork()
+      if pid == 0:
+        block = b"\\x01" * (CHILD_MB << 20)   # every page touched
+        time.sleep(1.5)  # held while the others allocate
+        os._exit(0)
+      kids.append(pid)
+    sys.exit(sum(os.waitpid(pid, 0)[1] != 0 for pid in kids))
+    """.replace("CHILD_MB", str(_CHILD_MB))
+
+
+def _mem_available():
+  with open("/proc/meminfo") as f:
+    for line in f:
+      if line.startswith("MemAvailable:"):
+        return int(line.split()[1]) * 1024
+  raise AssertionError("no MemAvailable in /proc/meminfo")
+
+
+def _run_hungry(children, **kwargs):
+  """Runs _HUNGRY; returns (result, largest drop of the host's MemAvailable during the run)."""
+  samples, done = [], threading.Event()
+
+  def sample():
+    while not done.is_set():
+      samples.append(_mem_available())
+      time.sleep(0.01)
+
+  before = _mem_available()
+  thread = threading.Thread(target=sample)
+  thread.start()
+  try:
+    r = _run(_HUNGRY, _marker(), stdin=str(children), timeout_s=10, memory_mb=_HUNGRY_MEMORY_MB,
+             disk_mb=_HUNGRY_DISK_MB, **kwargs)
+  finally:
+    done.set()
+    thread.join()
+  return r, before - min(samples + [before])
+
+
+def _budget_mb():
+  return _HUNGRY_MEMORY_MB + _HUNGRY_DISK_MB + min(_HUNGRY_DISK_MB, isolation.SHM_BYTES // _MB)
+
+
+@needs_cgroup
+@pytest.mark.parametrize("mode", [pytest.param("bwrap", marks=needs_bwrap), "rlimits"])
+def test_a_run_of_many_hungry_children_is_killed_at_its_memory_budget(mode):
+  # One child alone fits (RLIMIT_AS does not stop it), so it is the total that kills the run.
+  r, _ = _run_hungry(1, isolation=mode)
+  assert (r.status, r.budget) == ("ok", BUDGET), r
+  r, drop = _run_hungry(_CHILDREN, isolation=mode)
+  assert (r.status, r.budget) == ("memory", BUDGET), r
+  # The kernel's own peak of the run's cgroup: within the budget, and past one child (the budget
+  # was reached, not some other failure).
+  assert _CHILD_MB < r.memory_peak_mb <= _budget_mb(), r
+  # Other tests run beside this one: the bound is half of what the children would take unbounded.
+  assert drop < _CHILDREN * _CHILD_MB * _MB / 2, f"MemAvailable dropped {drop / _MB:.0f} MB"
+
+
+@pytest.mark.skipif(not isolation.is_root(), reason="the polled budget is tested with a uid")
+def test_the_polled_budget_kills_a_run_of_many_hungry_children(monkeypatch):
+  # Where no cgroup can be had: the supervisor sums the run's resident memory every POLL_S.
+  monkeypatch.setattr(budget, "mode", lambda: ("polled", None, "forced by the test"))
+  r, drop = _run_hungry(_CHILDREN)
+  assert (r.status, r.budget) == ("memory", "polled"), r
+  # Polled, so late by up to one interval of allocation: bounded by the same half as above.
+  assert r.memory_peak_mb > _budget_mb() / 2, r
+  assert drop < _CHILDREN * _CHILD_MB * _MB / 2, f"MemAvailable dropped {drop / _MB:.0f} MB"
+
+
+@needs_cgroup
+@pytest.mark.parametrize("mode", [pytest.param("bwrap", marks=needs_bwrap), "rlimits"])
+def test_the_task_budget_stops_a_fork_loop_at_max_procs(mode, monkeypatch):
+  # Without RLIMIT_NPROC only the budget (pids.max) can stop the loop: the program gets max_procs
+  # tasks, itself included, so max_procs - 1 forks succeed and the next fails with EAGAIN.
+  real = isolation.prlimit_argv
+  monkeypatch.setattr(isolation, "prlimit_argv", lambda **kw: real(**{**kw, "max_procs": 0}))
+  max_procs = 12
+  r = _run("""
+      import os, time
+      forks = 0
+      for _ in range(4 * 12):
+        try:
+          pid = os.fork()
+        except OSError as e:
+          print(forks, e.errno)
+          break
+        if pid == 0:
+          time.sleep(30)
+          os._exit(0)
+        forks += 1
+      else:
+        print(forks, "never refused")
+      """, _marker(), max_procs=max_procs, isolation=mode)
+  assert (r.status, r.stdout) == ("ok", f"{max_procs - 1} {errno.EAGAIN}\n"), r
+
+
+@needs_cgroup
+def test_the_command_is_in_its_cgroup_before_it_runs():
+  # The first thing the program does is to read its cgroups: it already sees the run's (the gate
+  # holds it until then). rlimits: no cgroup namespace hides the paths.
+  r = sandbox.run_code("print(open('/proc/self/cgroup').read())", timeout_s=5, isolation="rlimits")
+  lines = [line for line in r.stdout.split() if ":memory:" in line or ":pids:" in line or
+           line.startswith("0::")]
+  assert r.status == "ok" and any("/seedcoder-sandbox/uid-" in line or
+                                  "/seedcoder-sandbox/run-" in line for line in lines), r
+
+
+@needs_cgroup
+@pytest.mark.skipif(not isolation.is_root(), reason="run cgroups are named after sandbox uids")
+def test_a_dead_runs_leftover_cgroup_is_emptied_and_replaced():
+  _, factory, _ = budget.mode()
+  with isolation.lease_uid() as uid:
+    # A run that died mid-way left its cgroup, with a process in it.
+    leftover = factory(f"uid-{uid}", budget.Limits(64 * _MB, 4))
+    sleeper = subprocess.Popen(budget.GATE + ["sleep", "60"], start_new_session=True)
+    assert budget.wait_at_gate(sleeper.pid)
+    leftover.attach(sleeper.pid)
+    os.kill(sleeper.pid, signal.SIGCONT)
+    fresh = budget.open_budget(budget.Limits(32 * _MB, 8), uid=uid)
+    assert sleeper.wait(5) == -signal.SIGKILL
+    assert fresh.dirs == leftover.dirs and all(os.path.isdir(d) for d in fresh.dirs)
+    fresh.close()
+    assert not any(os.path.exists(d) for d in fresh.dirs)
+
+
+# ---------------------------------------------------------------- seccomp
+
+
+_SYSCALLS = textwrap.dedent("""
+    import ctypes, errno, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    def call(nr, *args):
+      ctypes.set_errno(0)
+      ok = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args]) >= 0
+      return "ok" if ok else errno.errorcode[ctypes.get_errno()]
+    # ptrace(PTRACE_TRACEME), keyctl(KEYCTL_GET_KEYRING_ID, session), mount(NULL x5),
+    # unshare(0) (a no-op), bpf(an unknown command).
+    for name, nr, args in [("ptrace", NR["ptrace"], (0, 0, 0, 0)),
+                           ("keyctl", NR["keyctl"], (0, -3, 0)),
+                           ("mount", NR["mount"], (0, 0, 0, 0, 0)),
+                           ("unshare", NR["unshare"], (0,)),
+                           ("bpf", NR["bpf"], (999, 0, 0))]:
+      print(name, call(nr, *args))
+    """)
+
+
+def _syscall_numbers():
+  column = {"x86_64": 0, "aarch64": 1}.get(platform.machine())
+  if column is None:
+    pytest.skip(f"no seccomp filter on {platform.machine()}")
+  blocked = seccomp._BLOCKED  # pylint: disable=protected-access
+  return {name: row[column] for name, row in blocked.items()}
+
+
+@needs_bwrap
+def test_seccomp_refuses_ptrace_keyctl_mount_unshare_and_bpf(monkeypatch):
+  source = f"NR = {_syscall_numbers()!r}\n" + _SYSCALLS
+  names = ["ptrace", "keyctl", "mount", "unshare", "bpf"]
+  r = _run(source, _marker())
+  assert r.status == "ok" and r.stdout == "".join(f"{n} EPERM\n" for n in names), r
+  # Without the filter none of these calls fails with EPERM (ptrace, keyctl and unshare succeed;
+  # mount and bpf fail on their arguments): it is the filter that refuses them above.
+  monkeypatch.setattr(seccomp, "filter_program", lambda machine=None: None)
+  r = _run(source, _marker())
+  assert r.status == "ok" and len(r.stdout.splitlines()) == len(names), r
+  assert "EPERM" not in r.stdout, r
+
+
+@needs_bwrap
+@_needs("cpp")
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the 32-bit syscall ABI is x86's")
+def test_seccomp_kills_a_32_bit_syscall_and_refuses_x32(monkeypatch):
+  # int 0x80 reaches the i386 table, where the blocked calls have other numbers: killed (SIGSYS).
+  # An x32 call (bit 30 set) gets EPERM.
+  source = textwrap.dedent("""
+      #include <cerrno>
+      #include <cstdio>
+      #include <unistd.h>
+      #include <sys/syscall.h>
+      int main(int argc, char** argv) {
+        long r = syscall(0x40000000L | 39);  // x32 getpid
+        std::printf("x32 %s\\n", r < 0 && errno == EPERM ? "EPERM" : "not refused");
+        std::fflush(stdout);
+        asm volatile("int $0x80" : "=a"(r) : "a"(20L) : "memory");  // i386 getpid
+        std::printf("i386 %ld\\n", r);
+      }
+      """)
+  r = _run(source, _marker(), language="cpp")
+  assert (r.status, r.returncode, r.stdout) == ("error", -signal.SIGSYS, "x32 EPERM\n"), r
+  monkeypatch.setattr(seccomp, "filter_program", lambda machine=None: None)
+  r = _run(source, _marker(), language="cpp")
+  assert r.status == "ok" and r.stdout.startswith("x32 not refused\ni386 "), r
+
+
+def test_seccomp_program_jumps_land_on_its_returns():
+  # The program is tiny classic BPF: interpret it for a few calls and arches.
+  import struct  # pylint: disable=import-outside-toplevel
+  program = seccomp.filter_program("x86_64")
+  insns = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+
+  def verdict(nr, arch):
+    acc, pc = 0, 0
+    while True:
+      code, jt, jf, k = insns[pc]
+      if code == 0x20:
+        acc = {0: nr, 4: arch}[k]
+      elif code == 0x15:
+        pc += jt if acc == k else jf
+      elif code == 0x35:
+        pc += jt if acc >= k else jf
+      else:
+        return k
+      pc += 1
+
+  x86_64, i386, eperm = 0xC000003E, 0x40000003, 0x00050000 | errno.EPERM
+  for name, (nr, _) in seccomp._BLOCKED.items():  # pylint: disable=protected-access
+    assert verdict(nr, x86_64) == eperm, name
+  assert verdict(0, x86_64) == verdict(57, x86_64) == verdict(435, x86_64) == 0x7FFF0000
+  assert verdict(0x40000000 | 39, x86_64) == eperm
+  assert verdict(20, i386) == 0x80000000
+  assert seccomp.filter_program("riscv64") is None
 
 
 # ---------------------------------------------------------------- slow: managed runtimes, stress

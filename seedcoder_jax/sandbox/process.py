@@ -1,12 +1,16 @@
 """Runs one wrapped command: feeds stdin, caps output, enforces the wall clock, kills the tree."""
 
 import dataclasses
+import errno
 import fcntl
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import time
+
+from seedcoder_jax.sandbox import budget as budget_mod
 
 _CHUNK = 1 << 16
 
@@ -22,6 +26,8 @@ class RawRun:
     output_limited: stdout + stderr passed the cap and the tree was killed.
     wall_s: seconds from start to the end of the tree.
     cpu_s: user + system CPU seconds of the command and every descendant it reaped.
+    over_budget: the run's memory budget killed it (budget.py: an OOM kill in its cgroup, or
+      the polled total past the budget); the tree was killed.
   """
   returncode: int
   stdout: bytes
@@ -30,6 +36,7 @@ class RawRun:
   output_limited: bool
   wall_s: float
   cpu_s: float
+  over_budget: bool = False
 
 
 def memfd(name, data, *, sealed=True):
@@ -54,7 +61,7 @@ def memfd(name, data, *, sealed=True):
 
 
 def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=None, cwd=None,
-            env=None, kill_tree=None, tree_dies_with_command=False):
+            env=None, kill_tree=None, tree_dies_with_command=False, budget=None):
   """Runs argv in a new session and supervises it until it and its tree are gone.
 
   Args:
@@ -69,10 +76,18 @@ def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=No
       is killed); None: kill the command's process group only.
     tree_dies_with_command: the command's exit already ends its whole tree (bwrap: its init
       takes the pid namespace down), so kill_tree is only needed when the command is killed.
+    budget: a budget.open_budget() object, or None. The command starts behind budget.GATE and
+      is attached to the budget before it execs (so before it can fork); the budget is polled
+      every budget.poll_s and the tree killed once it says the run exceeded it.
 
   Returns:
     RawRun.
   """
+  if budget is not None:
+    # The gate shell would report a missing command as its own exit 127: fail as Popen would.
+    if shutil.which(argv[0], path=os.pathsep.join(os.get_exec_path(env))) is None:
+      raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv[0])
+    argv = budget_mod.GATE + list(argv)
   stdin_fd = memfd("stdin", stdin)
   start = time.monotonic()
   try:
@@ -95,11 +110,14 @@ def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=No
 
   out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
   bufs = {out_fd: bytearray(), err_fd: bytearray()}
-  timed_out = limited = False
+  timed_out = limited = over_budget = False
   exited = None
   pidfd = os.pidfd_open(proc.pid)
   sel = selectors.DefaultSelector()
   try:
+    if budget is not None and budget_mod.wait_at_gate(proc.pid):
+      budget.attach(proc.pid)  # raises (the finally kills the command) if it cannot
+      os.kill(proc.pid, signal.SIGCONT)
     for fd in bufs:
       os.set_blocking(fd, False)
       sel.register(fd, selectors.EVENT_READ)
@@ -112,6 +130,11 @@ def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=No
         if wait <= 0:
           timed_out = True
           break
+        if budget is not None:
+          if budget.exceeded():
+            over_budget = True
+            break
+          wait = min(wait, budget.poll_s)
       else:
         # The tree is dead, so every pipe reaches EOF at once; the bound is only a safeguard.
         wait = drain_deadline - time.monotonic()
@@ -151,7 +174,8 @@ def execute(argv, *, stdin=b"", timeout_s, max_output_bytes, pass_fds=(), uid=No
   stdout = bytes(bufs[out_fd][:max_output_bytes])
   stderr = bytes(bufs[err_fd][:max(max_output_bytes - len(stdout), 0)])
   return RawRun(returncode=code, stdout=stdout, stderr=stderr, timed_out=timed_out,
-                output_limited=limited, wall_s=time.monotonic() - start, cpu_s=cpu_s)
+                output_limited=limited, wall_s=time.monotonic() - start, cpu_s=cpu_s,
+                over_budget=over_budget)
 
 
 def _reap(proc):

@@ -8,14 +8,23 @@ import shutil
 import signal
 import tempfile
 
+from seedcoder_jax.sandbox import budget as budget_mod
 from seedcoder_jax.sandbox import isolation as iso
 from seedcoder_jax.sandbox import languages
 from seedcoder_jax.sandbox import process
+from seedcoder_jax.sandbox import seccomp
 
 STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "compile_error", "sandbox_error")
 _MB = 1 << 20
 _ISOLATION_ENV = "SEEDCODER_SANDBOX_ISOLATION"
 _TMPDIR_ENV = "SEEDCODER_SANDBOX_TMPDIR"
+# Tasks of bwrap's own in a run's budget besides the program: its monitor, the pid namespace's
+# init and the shell that reports CPU times.
+_BWRAP_TASKS = 3
+
+
+class SandboxUnavailable(ValueError):
+  """Isolation was asked for (explicitly or by "auto") and bubblewrap cannot run here."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,17 +33,24 @@ class Result:
 
   Attributes:
     status: one of STATUSES: "ok" (exit 0), "error" (non-zero exit or a signal), "timeout" (wall or
-      CPU time), "memory" (an allocation failed at the memory limit), "output_limit" (stdout +
+      CPU time), "memory" (an allocation failed at the memory limit, or the run's memory budget
+      killed it, even if the program then exited 0), "output_limit" (stdout +
       stderr passed the cap; the run was killed), "compile_error", "sandbox_error" (the sandbox
       itself failed: no toolchain, bwrap could not start, ...).
     returncode: exit status; negative -N when killed by signal N; None if the program never ran.
     stdout, stderr: decoded output (UTF-8, invalid bytes replaced), cut at the output cap. For
       compile_error, stderr holds the compiler's diagnostics.
-    isolation: "bwrap" or "rlimits" (the weaker fallback: no namespaces).
+    isolation: "bwrap" or "rlimits" (the weaker level, only when asked for by name: no
+      namespaces, no seccomp filter).
+    budget: how the run's total memory and task budget was held (budget.py): "cgroup2" or
+      "cgroup1" (a cgroup per run) or "polled" (the supervisor sums the run's resident memory).
     wall_s: wall-clock seconds of the run step (the build step excluded).
     cpu_s: CPU seconds of the program and the children it waited for. Under bwrap the shell that
       waits for the program reports them, so a killed run (timeout, output cap) shows ~0.
     compile_s: wall-clock seconds of the build step (0 for interpreted languages).
+    memory_peak_mb: the run step's peak memory as its budget measured it (the cgroup's
+      max_usage_in_bytes / memory.peak, RAM and tmpfs; polled: the largest sampled resident
+      total); None where not measured.
   """
   status: str
   returncode: int | None
@@ -44,6 +60,8 @@ class Result:
   wall_s: float = 0.0
   cpu_s: float = 0.0
   compile_s: float = 0.0
+  budget: str = ""
+  memory_peak_mb: float | None = None
 
   @property
   def passed(self):
@@ -54,6 +72,8 @@ def classify(raw, *, cpu_limit_s, memory_markers=languages.MEMORY_MARKERS):
   """The status of a finished run (a small pure function of what the supervisor saw)."""
   if raw.output_limited:
     return "output_limit"
+  if raw.over_budget:
+    return "memory"
   if raw.timed_out:
     return "timeout"
   if raw.returncode == 0:
@@ -71,8 +91,11 @@ def classify(raw, *, cpu_limit_s, memory_markers=languages.MEMORY_MARKERS):
 def resolve_isolation(requested=None):
   """The isolation level to use: the request, else $SEEDCODER_SANDBOX_ISOLATION, else "auto".
 
-  "auto" picks bwrap when a probe sandbox starts here and rlimits otherwise; asking for "bwrap"
-  where it cannot start is an error (ValueError says why).
+  "auto" and "bwrap" both mean bwrap, which must start here (a probe sandbox, once per process):
+  where it cannot, SandboxUnavailable (a ValueError) says why and how to opt in to the weaker
+  level. "rlimits" (no namespaces: the host's files readable as the sandbox uid, the network
+  open) is used only when asked for by name, never as a silent fallback: untrusted code without
+  isolation is a decision for the user, not for the machine it happens to run on.
   """
   requested = requested or os.environ.get(_ISOLATION_ENV) or "auto"
   if requested not in ("auto", "bwrap", "rlimits"):
@@ -83,9 +106,11 @@ def resolve_isolation(requested=None):
   ok, why = iso.bwrap_works()
   if ok:
     return "bwrap"
-  if requested == "bwrap":
-    raise ValueError(f"isolation='bwrap' requested but bubblewrap cannot run here: {why}")
-  return "rlimits"
+  raise SandboxUnavailable(
+      f"isolation={requested!r}: bubblewrap cannot run here ({why}), and untrusted code does not "
+      f"run without it unless asked: set {_ISOLATION_ENV}=rlimits or pass isolation='rlimits' to "
+      f"run it with rlimits only (no namespaces: the network stays open and the host's files "
+      f"are readable as the sandbox uid)")
 
 
 def _work_root():
@@ -132,20 +157,26 @@ def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=5
     language: "python", "cpp", "java" or "javascript" (aliases: py, c++, js, node).
     stdin: text or bytes given to the program's stdin (None: empty).
     timeout_s: wall-clock limit of the run step; the CPU-time limit is its ceiling.
-    memory_mb: address-space limit (Python, C++) or heap limit (Java, JavaScript: see languages).
+    memory_mb: address-space limit (Python, C++) or heap limit (Java, JavaScript: see languages)
+      of each process, and the run's total memory budget (all its processes together, budget.py)
+      plus the runtime's resident allowance (languages.Plan.resident_allowance_bytes) and the
+      private tmpfs (disk_mb and /dev/shm: their pages are memory).
     files: extra {relative path: str | bytes} placed beside the program (test harnesses); for
       Java, *.jar files among them join the class path.
     argv: extra command-line arguments for the program.
     max_output_bytes: cap on stdout + stderr together; past it the run is killed.
-    max_procs: processes + threads the sandbox uid may have (raised for the JVM and V8).
+    max_procs: processes + threads the program may have (raised for the JVM and V8): its
+      sandbox uid's RLIMIT_NPROC and the run's task budget (pids.max; bwrap's own tasks aside).
     max_file_mb: the largest file the program may write (RLIMIT_FSIZE).
     disk_mb: size of the private tmpfs that is its only writable place (bwrap).
     compile_timeout_s: wall-clock limit of the build step (C++, Java).
-    isolation: "auto" (default: bwrap if it works here, else rlimits), "bwrap" or "rlimits";
-      None reads $SEEDCODER_SANDBOX_ISOLATION.
+    isolation: "auto" (default) or "bwrap": bubblewrap, SandboxUnavailable where it cannot
+      start; "rlimits": the weaker level, by name only (resolve_isolation). None reads
+      $SEEDCODER_SANDBOX_ISOLATION.
 
   Returns:
-    Result. Problems of the program never raise; bad arguments raise ValueError/TypeError.
+    Result. Problems of the program never raise; bad arguments raise ValueError/TypeError, and
+    SandboxUnavailable (a ValueError) when bwrap is needed and cannot start.
   """
   _check(source, language, files, argv, timeout_s=timeout_s, memory_mb=memory_mb,
          max_output_bytes=max_output_bytes, max_procs=max_procs, max_file_mb=max_file_mb,
@@ -163,6 +194,11 @@ def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=5
   stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin or b"")
   limits = dict(max_output_bytes=int(max_output_bytes), max_procs=int(max_procs),
                 file_bytes=int(max_file_mb * _MB), tmpfs_bytes=int(disk_mb * _MB))
+  # What the run's pages may add up to: the program's memory, its runtime's resident share and
+  # its tmpfs (/tmp and /dev/shm, charged to the run as memory).
+  tmpfs_total = limits["tmpfs_bytes"] + min(limits["tmpfs_bytes"], iso.SHM_BYTES)
+  run_memory = int(memory_mb * _MB) + plan.resident_allowance_bytes + tmpfs_total
+  budget_name = budget_mod.mode()[0]
   with iso.lease_uid() as uid, contextlib.ExitStack() as stack:
     workdir = None
     if mode == "rlimits" or plan.compile_argv is not None:
@@ -175,51 +211,78 @@ def run_code(source, *, language="python", stdin="", timeout_s=10.0, memory_mb=5
                   stdin=b"", timeout_s=compile_timeout_s, cpu_s=math.ceil(compile_timeout_s),
                   address_space=languages.COMPILE_ADDRESS_SPACE_BYTES,
                   procs=max(languages.COMPILE_MIN_PROCS, max_procs), limits=limits,
-                  writable_workdir=True)
+                  writable_workdir=True,
+                  memory_bytes=languages.COMPILE_MEMORY_BYTES + tmpfs_total)
       compile_s = raw.wall_s
       if raw.setup_failed:
-        return Result("sandbox_error", None, "", _decode(raw.stderr), mode, compile_s=compile_s)
-      if raw.returncode != 0 or raw.timed_out or raw.output_limited:
+        return Result("sandbox_error", None, "", _decode(raw.stderr), mode, compile_s=compile_s,
+                      budget=budget_name)
+      if raw.returncode != 0 or raw.timed_out or raw.output_limited or raw.over_budget:
         why = ("build timed out" if raw.timed_out else
-               "build output over the cap" if raw.output_limited else "")
+               "build output over the cap" if raw.output_limited else
+               "build over its memory budget" if raw.over_budget else "")
         return Result("compile_error", raw.returncode, _decode(raw.stdout),
-                      _decode(raw.stderr) + why, mode, compile_s=compile_s)
+                      _decode(raw.stderr) + why, mode, compile_s=compile_s, budget=budget_name)
       if mode == "bwrap":
         all_files = _read_tree(workdir)
     cpu_limit = max(1, math.ceil(timeout_s))
     raw = _step(mode, plan, plan.run_argv, uid=uid, workdir=workdir if mode == "rlimits" else None,
                 files=all_files, stdin=stdin_bytes, timeout_s=timeout_s, cpu_s=cpu_limit,
                 address_space=plan.address_space_bytes, procs=max(plan.min_procs, max_procs),
-                limits=limits, writable_workdir=False)
+                limits=limits, writable_workdir=False, memory_bytes=run_memory)
     if raw.setup_failed:
-      return Result("sandbox_error", None, "", _decode(raw.stderr), mode, compile_s=compile_s)
+      return Result("sandbox_error", None, "", _decode(raw.stderr), mode, compile_s=compile_s,
+                    budget=budget_name)
+    peak = raw.peak_bytes / _MB if raw.peak_bytes is not None else None
     return Result(classify(raw, cpu_limit_s=cpu_limit), raw.returncode, _decode(raw.stdout),
                   _decode(raw.stderr), mode, wall_s=raw.wall_s, cpu_s=raw.cpu_s,
-                  compile_s=compile_s)
+                  compile_s=compile_s, budget=budget_name, memory_peak_mb=peak)
 
 
 @dataclasses.dataclass
 class _StepRun(process.RawRun):
   setup_failed: bool = False
+  peak_bytes: int | None = None
+
+
+def _setup_failure(message):
+  return _StepRun(None, b"", message.encode(), False, False, 0.0, 0.0, setup_failed=True)
 
 
 def _step(mode, plan, command, *, uid, workdir, files, stdin, timeout_s, cpu_s, address_space,
-          procs, limits, writable_workdir):
-  """Runs one command (build or run) of a plan under the isolation mode."""
+          procs, limits, writable_workdir, memory_bytes):
+  """Runs one command (build or run) of a plan under the isolation mode and a budget."""
   # Without a uid of its own the program shares RLIMIT_NPROC's count with every process of the
   # caller's user: allow that many more.
   nproc = procs if uid is not None else procs + iso.user_task_count(os.getuid())
   rl = iso.prlimit_argv(cpu_s=cpu_s, address_space_bytes=address_space,
                         file_bytes=limits["file_bytes"], max_procs=nproc)
-  kill_tree = (lambda: iso.kill_uid(uid)) if uid is not None else None
+  tasks = procs + (_BWRAP_TASKS if mode == "bwrap" else 0)
+  try:
+    budget = budget_mod.open_budget(budget_mod.Limits(memory_bytes, tasks), uid=uid)
+  except OSError as e:
+    return _setup_failure(f"sandbox could not set up the run's budget: {e}")
+  kill_tree = (lambda: iso.kill_uid(uid)) if uid is not None else budget.kill
+  try:
+    raw = _execute(mode, plan, command, rl, uid=uid, workdir=workdir, files=files, stdin=stdin,
+                   timeout_s=timeout_s, limits=limits, writable_workdir=writable_workdir,
+                   kill_tree=kill_tree, budget=budget)
+  finally:
+    budget.close()
+  raw.over_budget = raw.over_budget or budget.oom
+  raw.peak_bytes = budget.peak_bytes
+  return raw
+
+
+def _execute(mode, plan, command, rl, *, uid, workdir, files, stdin, timeout_s, limits,
+             writable_workdir, kill_tree, budget):
   if mode == "rlimits":
     try:
       raw = process.execute(rl + command, stdin=stdin, timeout_s=timeout_s,
                             max_output_bytes=limits["max_output_bytes"], uid=uid, cwd=workdir,
-                            env=iso.sandbox_env(workdir), kill_tree=kill_tree)
+                            env=iso.sandbox_env(workdir), kill_tree=kill_tree, budget=budget)
     except OSError as e:  # the command could not start (missing binary, exec refused)
-      return _StepRun(None, b"", f"sandbox could not start {command[0]}: {e}".encode(), False,
-                      False, 0.0, 0.0, setup_failed=True)
+      return _setup_failure(f"sandbox could not start {command[0]}: {e}")
     return _StepRun(**dataclasses.asdict(raw))
   with contextlib.ExitStack() as stack:
     file_fds = []
@@ -229,18 +292,23 @@ def _step(mode, plan, command, *, uid, workdir, files, stdin, timeout_s, cpu_s, 
       file_fds.append((fd, os.path.join(iso.WORKDIR, name), mode_bits))
     cpu_fd = process.memfd("cpu", b"", sealed=False)
     stack.callback(os.close, cpu_fd)
+    pass_fds = [fd for fd, _, _ in file_fds] + [cpu_fd]
+    seccomp_fd = None
+    program = seccomp.filter_program()
+    if program is not None:  # one memfd per run: bwrap reads it from its offset
+      seccomp_fd = process.memfd("seccomp", program)
+      stack.callback(os.close, seccomp_fd)
+      pass_fds.append(seccomp_fd)
     argv = iso.bwrap_argv(dirs=plan.dirs, files=file_fds,
                           host_workdir=workdir if writable_workdir else None,
-                          tmpfs_bytes=limits["tmpfs_bytes"])
-    pass_fds = [fd for fd, _, _ in file_fds] + [cpu_fd]
+                          tmpfs_bytes=limits["tmpfs_bytes"], seccomp_fd=seccomp_fd)
     try:
       raw = process.execute(argv + rl + iso.cpu_report_argv(cpu_fd) + command, stdin=stdin,
                             timeout_s=timeout_s, max_output_bytes=limits["max_output_bytes"],
                             pass_fds=pass_fds, uid=uid, kill_tree=kill_tree,
-                            tree_dies_with_command=True)
+                            tree_dies_with_command=True, budget=budget)
     except OSError as e:
-      return _StepRun(None, b"", f"sandbox could not start bwrap: {e}".encode(), False, False,
-                      0.0, 0.0, setup_failed=True)
+      return _setup_failure(f"sandbox could not start bwrap: {e}")
     return _interpret_bwrap(raw, os.pread(cpu_fd, 4096, 0))
 
 
