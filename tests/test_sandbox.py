@@ -4,6 +4,7 @@ Every hostile program carries a random marker in its argv (so every process it f
 it in /proc/PID/cmdline); after each run the test checks that no process with that marker is left.
 """
 
+import contextlib
 import errno
 import os
 import pathlib
@@ -615,10 +616,15 @@ def test_a_run_of_many_hungry_children_is_killed_at_its_memory_budget(mode):
   assert drop < _CHILDREN * _CHILD_MB * _MB / 2, f"MemAvailable dropped {drop / _MB:.0f} MB"
 
 
-@pytest.mark.skipif(not isolation.is_root(), reason="the polled budget is tested with a uid")
-def test_the_polled_budget_kills_a_run_of_many_hungry_children(monkeypatch):
-  # Where no cgroup can be had: the supervisor sums the run's resident memory every POLL_S.
+@pytest.mark.parametrize("with_uid", [
+    pytest.param(True, marks=pytest.mark.skipif(not isolation.is_root(), reason="uids need root")),
+    False])
+def test_the_polled_budget_kills_a_run_of_many_hungry_children(with_uid, monkeypatch):
+  # Where no cgroup can be had: the supervisor sums the run's resident memory every POLL_S, over
+  # the processes of the run's uid, or without one (not root) its session and descendants.
   monkeypatch.setattr(budget, "mode", lambda: ("polled", None, "forced by the test"))
+  if not with_uid:
+    monkeypatch.setattr(isolation, "lease_uid", contextlib.nullcontext)
   r, drop = _run_hungry(_CHILDREN)
   assert (r.status, r.budget) == ("memory", "polled"), r
   # Polled, so late by up to one interval of allocation: bounded by the same half as above.

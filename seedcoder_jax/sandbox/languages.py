@@ -51,8 +51,10 @@ COMPILE_MIN_PROCS = 256
 COMPILE_MEMORY_BYTES = 4096 * _MB
 _JVM_ALLOWANCE_MB = 1536
 _V8_ALLOWANCE_MB = 1024
-# Resident beyond the heap limit; measured peaks (memory_peak_mb of a hello world and of a
-# program filling its heap) plus a margin: see docs/decisions.md.
+# Resident beyond the heap limit. JVM: its code cache and compressed class space (64 MB each, the
+# flags above) plus metaspace, thread stacks and GC tables; V8: new space (up to 3 x 16 MB
+# semi-spaces), code space and the isolate. A heap-filling program measured ~10 MB past its heap
+# (docs/decisions.md): the rest is margin for larger programs.
 _JVM_RESIDENT_MB = 256
 _V8_RESIDENT_MB = 256
 _JVM_FLAGS = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:CompressedClassSpaceSize=64m",
