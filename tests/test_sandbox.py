@@ -659,6 +659,27 @@ def test_the_task_budget_stops_a_fork_loop_at_max_procs(mode, monkeypatch):
   assert (r.status, r.stdout) == ("ok", f"{max_procs - 1} {errno.EAGAIN}\n"), r
 
 
+def test_the_gate_holds_the_command_until_it_is_attached():
+  # Race-free by construction: when the supervisor attaches the command to its budget, the
+  # process is stopped (T) and still the gate shell, not yet the command it will exec.
+  seen = []
+
+  class Recorder:
+    poll_s = 1.0
+
+    def attach(self, pid):
+      state = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+      seen.append((state, pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]))
+
+    def exceeded(self):
+      return False
+
+  raw = process.execute(["/bin/echo", "ran"], timeout_s=5, max_output_bytes=100,
+                        budget=Recorder())
+  assert seen == [("T", budget.GATE[0].encode())]
+  assert (raw.returncode, raw.stdout) == (0, b"ran\n")
+
+
 @needs_cgroup
 def test_the_command_is_in_its_cgroup_before_it_runs():
   # The first thing the program does is to read its cgroups: it already sees the run's (the gate
