@@ -21,10 +21,10 @@ through its OOM killer. The budget caps the run's processes together:
   never exceeds max_procs x RLIMIT_AS, the bound before budgets. The process count is left to
   RLIMIT_NPROC, exact per leased uid.
 
-A command enters its cgroup before it can fork: process.execute starts it through a shell that
-stops itself (SIGSTOP) before exec'ing the command, writes its pid into the cgroup (as the
-supervisor, whose credentials may) and only then continues it. No preexec_fn (unsafe in the
-threads of the pool), no cgroup file writable by the sandbox uid.
+A command enters its cgroup before it can fork: process.execute starts it through a shell (GATE)
+that stops itself (SIGSTOP) before it execs the command; the supervisor, whose credentials may,
+writes that pid into the cgroup and only then continues it. No preexec_fn (unsafe in the threads
+of the pool), no cgroup file writable by the sandbox uid.
 
 Run cgroups are named after the leased sandbox uid (exclusive, see isolation.lease_uid), so a
 run that finds its cgroup already there knows it is the leftover of a dead run and removes it
@@ -46,7 +46,6 @@ import time
 _PARENT = "seedcoder-sandbox"
 _DELEGATED_ENV = "SEEDCODER_SANDBOX_CGROUP"
 POLL_S = 0.05
-MODES = ("cgroup2", "cgroup1", "polled")
 _counter = itertools.count()
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
