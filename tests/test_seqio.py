@@ -153,6 +153,25 @@ def test_metric_fns_run_the_sandbox(spm, humaneval):
   assert metric(ids[:1], ["    import sys; sys.exit(0)\n"]) == {"pass@1": 0.0}
 
 
+def test_seqios_own_evaluator_scores_a_task(spm, humaneval):
+  """seqio.Evaluator end to end: a "model" that answers the first prompt with its canonical
+  solution and the others with `return None` (padded token rows, as a model's output is)."""
+  answers = {tuple(spm.encode(p.prompt)): spm.encode(p.canonical_solution if i == 0 else WRONG)
+             for i, p in enumerate(humaneval[:3])}
+
+  def predict_fn(ds):
+    out = [(i, answers[tuple(t for t in ex["encoder_input_tokens"].tolist() if t)])
+           for i, ex in ds.as_numpy_iterator()]
+    width = max(len(t) for _, t in out)
+    return [(i, t + [spm.special_ids["pad"]] * (width - len(t))) for i, t in out]
+
+  evaluator = seqio.Evaluator(mixture_or_task_name="seedcoder_humaneval",
+                              feature_converter=seqio.EncDecFeatureConverter(pack=False),
+                              eval_split="test", num_examples=3)
+  metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=None)
+  assert metrics.result() == {"seedcoder_humaneval": {"pass@1": pytest.approx(1 / 3)}}
+
+
 def test_evaluate_samples_writes_the_harness_report(spm, humaneval, tmp_path):
   rows = [{"task_id": p.task_id, "completion": p.canonical_solution} for p in humaneval[:3]]
   rows[1]["completion"] = WRONG

@@ -34,7 +34,8 @@ Using them from your own seqio code:
     for fn in task.metric_fns:
       metrics.update(fn(targets, predictions))                         # {"pass@1": ...}
 
-seqio.evaluation.Evaluator calls postprocess_fn and metric_fns the same way. n samples per
+seqio.Evaluator(mixture_or_task_name="seedcoder_humaneval", eval_split="test", ...) calls them
+the same way (tested with EncDecFeatureConverter: `inputs` are the prompt). n samples per
 problem are n (target, prediction) pairs with the same target; the denominator is the problems
 that appear in `targets`.
 
@@ -118,8 +119,10 @@ def problem(benchmark: str, task_id: Any) -> benchmarks_lib.Problem:
 
 def _source(benchmark: str) -> seqio.FunctionDataSource:
 
-  def dataset_fn(split: str, shuffle_files: bool) -> tf.data.Dataset:
-    del shuffle_files  # one ordered list of problems, no files to shuffle
+  # seqio.Evaluator passes a seed: accepted, and unused like shuffle_files (one ordered list of
+  # problems, no files to shuffle).
+  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
+    del shuffle_files, seed
     if split != SPLIT:
       raise ValueError(f"{PREFIX}{benchmark} has only the split {SPLIT!r}, got {split!r}")
     problems = _problems(benchmark)
