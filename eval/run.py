@@ -89,6 +89,14 @@ def _run_seqio(task_name: str) -> dict:
     raise app.UsageError("--benchmark=seqio:TASK scores a samples file only: generate with the "
                          "registry name (--benchmark=humaneval --checkpoint=...), then score its "
                          "samples file here")
+  # The task fixes prompt style and FIM order (seedcoder_humaneval_chat, ..._psm); the rest are
+  # generation settings. Given here they would be silently ignored.
+  ignored = [f"--{f.name}" for f in (_N_SAMPLES, _TEMPERATURE, _TOP_P, _MAX_NEW_TOKENS, _SEED,
+                                     _PROMPT_STYLE, _FIM_ORDER, _BATCH_SIZE)
+             if flags.FLAGS[f.name].present]
+  if ignored:
+    raise app.UsageError(f"{', '.join(ignored)}: not for --benchmark=seqio:TASK (the task name "
+                         "fixes prompt style and FIM order, e.g. seqio:seedcoder_humaneval_chat)")
   if not _SAMPLES.value:
     raise app.UsageError("--benchmark=seqio:TASK needs --samples=FILE.jsonl")
   if _LIMIT.value is not None and _LIMIT.value < 1:

@@ -262,3 +262,7 @@ def test_cli_scores_through_a_seqio_task(tmp_path, humaneval, spm):
                                   f"--output={out}"], capture_output=True, text=True,
                        timeout=300, env=env)
   assert bad.returncode != 0 and "unknown seqio task 'seedcoder_nope'" in bad.stderr
+  # Flags the task fixes (or that only generation uses) are refused, not silently ignored.
+  bad = subprocess.run(cmd + ["--prompt_style=chat"], capture_output=True, text=True, timeout=300,
+                       env=env)
+  assert bad.returncode != 0 and "--prompt_style: not for --benchmark=seqio:TASK" in bad.stderr
