@@ -69,7 +69,7 @@ def test_chunked_cross_entropy_equals_whole_logits():
   # Chunking reorders sums: the loss over 24 positions of 40-logit log-sum-exps, the head's
   # gradient over the 24 positions, the hidden states' over the 40 logits. Allow reassociation
   # error relative to each tensor's scale (tests/numerics.py), not one machine's last bits.
-  np.testing.assert_allclose(chunked(hidden, head), whole(hidden, head), rtol=f32_rtol(24 * 40))
+  np.testing.assert_allclose(chunked(hidden, head), whole(hidden, head), rtol=f32_rtol(40))
   grad = lambda f: jax.grad(lambda h, w: f(h, w)[0] + f(h, w)[1], argnums=(0, 1))(hidden, head)
   for g, r in zip(grad(chunked), grad(whole)):
     assert_close_to_scale(g, r, terms=40)
@@ -91,11 +91,12 @@ def test_train_loss_with_loss_chunk_equals_unchunked(tied):
     return jax.value_and_grad(lambda p: step_lib.loss_sums(c, p, batch, 1e-4), has_aux=True)(params)
   (want, want_aux), want_g = loss_and_grads(cfg)
   (got, got_aux), got_g = loss_and_grads(cfg.replace(loss_chunk=16))
-  # The chunked and whole-logits paths sum the loss and every weight gradient over the 128
-  # positions in a different order (and XLA:CPU picks other kernels on other x86 generations: an
-  # AVX-512 BF16/FP16 machine put one lm_head entry 2e-6 off, relative 2e-3, because it is small by
-  # cancellation). Compare against each tensor's scale (tests/numerics.py), not entry by entry.
-  np.testing.assert_allclose(got, want, rtol=f32_rtol(128))
+  # The chunked and whole-logits paths sum the loss and the weight gradients over the 128
+  # positions, and the hidden states' gradient over the 512 logits, in a different order (and
+  # XLA:CPU picks other kernels on other x86 generations: an AVX-512 BF16/FP16 machine put one
+  # entry 2e-6 off, relative 2e-3, as it is small by cancellation). Compare against each tensor's
+  # scale (tests/numerics.py), not entry by entry; measured: under 0.4 of eps32 * sqrt(128) * max.
+  np.testing.assert_allclose(got, want, rtol=f32_rtol(cfg.vocab_size))
   assert float(got_aux["tokens"]) == float(want_aux["tokens"]) == 128 - 14
   for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(got_g), jax.tree.leaves(want_g)):
-    assert_close_to_scale(g, r, terms=128, err_msg=jax.tree_util.keystr(path))
+    assert_close_to_scale(g, r, terms=cfg.vocab_size, err_msg=jax.tree_util.keystr(path))
