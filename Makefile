@@ -30,10 +30,11 @@ $(VENV)/.installed: requirements.txt requirements-data.txt requirements-tpu.txt 
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV_REF)/.installed: requirements-ref.txt
+$(VENV_REF)/.installed: requirements-ref.txt requirements-ref-nodeps.txt
 	@test -n "$(PY311)" || { echo "python3.11 not found (set PY311=/path/to/python3.11)"; exit 1; }
 	test -x $(VENV_REF)/bin/python || $(PY311) -m venv $(VENV_REF)
 	$(VENV_REF)/bin/python -m pip install -q -r requirements-ref.txt
+	$(VENV_REF)/bin/python -m pip install -q --no-deps -r requirements-ref-nodeps.txt
 	touch $@
 
 install: $(VENV)/.installed
