@@ -10,6 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+from numerics import assert_close_to_scale
 from seedcoder_jax.curation import web, web_classifier, web_extract
 from seedcoder_jax.curation.web import WebConfig
 
@@ -201,7 +202,9 @@ def test_classifier_numpy_matches_jax_and_reloads(classifier, tmp_path):
   z_np = web_classifier.logits(classifier.params, ids, mask)
   z_jax = web_classifier.logits({k: jnp.asarray(v) for k, v in classifier.params.items()},
                                 jnp.asarray(ids), jnp.asarray(mask), xp=jnp)
-  np.testing.assert_allclose(z_np, np.asarray(z_jax), rtol=1e-5, atol=1e-6)
+  # NumPy's BLAS and XLA average the hashed features and apply the head in other orders (both
+  # CPU-dependent): float32 reassociation relative to the logits' scale (tests/numerics.py).
+  assert_close_to_scale(np.asarray(z_jax), z_np, terms=ids.shape[1])
   classifier.save(str(tmp_path / "clf.npz"))
   again = web_classifier.CodePageClassifier.load(str(tmp_path / "clf.npz"))
   assert again.cfg == classifier.cfg
