@@ -213,9 +213,9 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
           "greedy": cfg.temperature == 0, "samples_file": str(path), "reused": sum(have.values()),
           "generated": len(jobs)}
   _check_same_generation(path, {k: meta[k] for k in _GENERATION_KEYS})
+  meta["model"] = sampling.describe_model(cfg.checkpoint)  # the weights behind the score
   if not jobs:
     return meta
-  meta["model"] = sampling.describe_model(cfg.checkpoint)
   meta["process"] = {"pid": os.getpid(), "started_at": _now(), "jax": _jax_version(),
                      "platform": platform.platform()}
   model_cfg, params, tokenizer = sampling.load_model(cfg.checkpoint)
