@@ -120,7 +120,8 @@ def test_every_model_field_is_overridable_from_the_command_line(variant, tmp_pat
 
 @pytest.mark.parametrize("group, cls", [("opt", "OptimizerConfig"), ("ckpt", "CheckpointConfig"),
                                         ("eval", "EvalConfig"), ("log", "LogConfig"),
-                                        ("init", "InitConfig"), ("data", "InputConfig")])
+                                        ("init", "InitConfig"), ("data", "InputConfig"),
+                                        ("prepare", "PrepareConfig")])
 def test_every_dataclass_field_is_a_config_key(group, cls):
   """The other groups that become frozen dataclasses list every field too (derived ones aside)."""
   import dataclasses
@@ -129,7 +130,8 @@ def test_every_dataclass_field_is_a_config_key(group, cls):
   from seedcoder_jax.train.checkpoint import CheckpointConfig
   classes = {"OptimizerConfig": opt_lib.OptimizerConfig, "CheckpointConfig": CheckpointConfig,
              "EvalConfig": config_lib.EvalConfig, "LogConfig": config_lib.LogConfig,
-             "InitConfig": config_lib.InitConfig, "InputConfig": input_lib.InputConfig}
+             "InitConfig": config_lib.InitConfig, "InputConfig": input_lib.InputConfig,
+             "PrepareConfig": config_lib.PrepareConfig}
   fields = {f.name for f in dataclasses.fields(classes[cls])} - set(config_lib.DERIVED_INPUT_FIELDS)
   for variant in sorted(pretrain_configs.VARIANTS):
     c = pretrain_configs.get_config(variant)
