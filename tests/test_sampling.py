@@ -67,6 +67,9 @@ def _log_softmax_at(logits_of, prompt, new):
 # --- exactness against full forward passes ----------------------------------------------------
 
 def test_greedy_matches_full_forward_reference(params, prompts, greedy, logits_of):
+  # Exact token equality across two summation orders holds on any CPU only without near-ties: the
+  # smallest top-2 logit gap on this data is 1.2e-4 (logits up to 0.76), ~8x the float32 bound of
+  # tests/numerics.py and ~200x the measured cache-vs-forward difference. New data: check the gap.
   # A 40-token prompt in a padded batch against reference.greedy_continue (it compiles per length).
   assert greedy[3].tokens == reference.greedy_continue(CFG, params, prompts[3], N_NEW)
   # Every row (two padded batches) against step-by-step argmax of the full forward.
