@@ -187,12 +187,12 @@ def test_group_advantages_hand_computed():
   _close(posttrain.group_advantages(jnp.array([3.0, 1.0, 2.0]), 3, eps=0.5), [1 / 1.5, -1 / 1.5, 0])
 
 
-@pytest.mark.parametrize("args,message", [((jnp.ones(6), 4), "groups of 4"), ((jnp.ones(4), 1), "group_size=1"),
-                                          ((jnp.ones(4), 2, 1e-6, "std"), "scale='std'")])
-def test_group_advantages_bad_arguments_are_refused(args, message):
-  r, g, *rest = args
+@pytest.mark.parametrize("n,kwargs,message", [
+    (6, {"group_size": 4}, "groups of 4"), (4, {"group_size": 1}, "group_size=1"),
+    (4, {"group_size": 2, "scale": "std"}, "scale='std'")])
+def test_group_advantages_bad_arguments_are_refused(n, kwargs, message):
   with pytest.raises(ValueError, match=message):
-    posttrain.group_advantages(r, g, **dict(zip(("eps", "scale"), rest)))
+    posttrain.group_advantages(jnp.ones(n), **kwargs)
 
 
 # --- policy loss ------------------------------------------------------------------------------------
