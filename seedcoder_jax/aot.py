@@ -504,9 +504,15 @@ def spec_from_config(config) -> dict:
       raise AotError("config.model has no `preset` (a name from seedcoder_jax.model.PRESETS)")
     out["preset"] = model.pop("preset")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    out["model_overrides"] = {k: v for k, v in model.items() if k in fields}
-    if isinstance(out["model_overrides"].get("rope_scaling"), Mapping):
-      out["model_overrides"]["rope_scaling"] = RopeScaling(**out["model_overrides"]["rope_scaling"])
+    # None: "the preset's value" in the config files; never an override of the defaults here.
+    out["model_overrides"] = {k: v for k, v in model.items() if k in fields and v is not None}
+    scaling = out["model_overrides"].get("rope_scaling")
+    if isinstance(scaling, Mapping):
+      scaling = {k: v for k, v in scaling.items() if v is not None}
+      if scaling:
+        out["model_overrides"]["rope_scaling"] = RopeScaling(**scaling)
+      else:
+        del out["model_overrides"]["rope_scaling"]
   for key, paths in {"batch_size": ("data.batch_size", "batch_size"),
                      "seq_len": ("data.seq_len", "seq_len"),
                      "grad_accum_steps": ("opt.grad_accum_steps", "train.grad_accum_steps",

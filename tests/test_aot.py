@@ -92,6 +92,10 @@ def test_build_spec_defaults_and_precedence(tmp_path):
   spec = aot.build_spec(config=str(config), preset="tiny", seq_len=128,
                         model_overrides={"remat": "none", "compute_dtype": None})
   assert (spec.preset, spec.seq_len, spec.model.remat) == ("tiny", 128, "none")
+  # The project's config files list every ModelConfig key, None meaning "the preset's": None
+  # keys never override the training defaults.
+  spec = aot.build_spec(config="configs/pretrain.py:tiny")
+  assert (spec.model.remat, spec.model.compute_dtype) == ("full", "bfloat16")
 
 
 def test_missing_config_file_is_a_clear_error():
