@@ -1,0 +1,162 @@
+"""Making the verifiable problem set from CodeI/O entries, writing it and reading it back.
+
+`make_problems(entries, ...)` runs every check of problems.py in order (cheap static ones first,
+the benchmark decontamination, then two sandboxed harness runs, then the reference through the
+sealed test path) and returns the kept problems with stats that account for every entry:
+`input == kept + sum(rejected.values())`. `build(out_dir, ...)` writes `problems.jsonl` and
+`stats.json` under temporary names and renames them at the end, so a directory holds a whole set
+or none; `load(out_dir)` reads it back with errors naming the file and line.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pathlib
+from typing import Iterable, Optional
+
+from seedcoder_jax.posttrain import problems as P
+
+PROBLEMS_FILE = "problems.jsonl"
+STATS_FILE = "stats.json"
+_FIELDS = ("id", "prompt", "tests", "reference", "split", "provenance")
+
+
+def make_problems(entries: Iterable[dict], *, seed: int = 0, n_tests: int = 5,
+                  heldout_fraction: float = 0.1, workers: int = 2, timeout_s: float = 10.0,
+                  memory_mb: int = 1024, max_test_chars: int = 20_000,
+                  decontam_cfg=None) -> tuple[list[P.Problem], dict]:
+  """(kept problems, stats) from CodeI/O entries (problems.load_codeio's dicts).
+
+  Args:
+    entries: dicts with task_description, input_output_spec, code_sample, input_generator and
+      optionally file / index / difficulty (provenance).
+    seed: the input generator's seed (test i uses Random(seed + i)).
+    n_tests: tests per problem.
+    heldout_fraction: share of problems (by id hash) in the held-out split.
+    workers: parallel sandbox runs.
+    timeout_s, memory_mb: limits of one harness run (all n_tests inputs together).
+    max_test_chars: problems whose tests' JSON is longer are rejected (prompt-sized programs).
+    decontam_cfg: curation.decontam.DecontamConfig (default: every evaluated benchmark).
+  """
+  from seedcoder_jax import sandbox
+  from seedcoder_jax.curation import decontam
+  entries = list(entries)
+  cfg = decontam_cfg or decontam.DecontamConfig()
+  index = decontam.benchmark_index(cfg)
+  rejected: collections.Counter = collections.Counter()
+  overlaps = {}
+  seen, pending = set(), []
+  for entry in entries:
+    pid = P.problem_id(entry["code_sample"])
+    if pid in seen:
+      rejected["duplicate"] += 1
+      continue
+    seen.add(pid)
+    reason, signature = P.static_reason(entry["code_sample"], entry["input_generator"])
+    if reason is None:
+      prompt = P.make_prompt(entry, signature)
+      text = "\n".join((prompt, entry["code_sample"], entry["input_generator"]))
+      hits = decontam.find_matches(text, index, cfg.n)
+      if hits:
+        reason, overlaps[pid] = "benchmark_overlap", sorted(hits)
+    if reason is not None:
+      rejected[reason] += 1
+      continue
+    pending.append((pid, prompt, entry))
+
+  # Two runs of the harness per entry, in separate processes (separate hash seeds).
+  jobs = [{"source": P.harness(e, seed=seed, n_tests=n_tests), "timeout_s": timeout_s,
+           "memory_mb": memory_mb} for _, _, e in pending]
+  results = sandbox.run_many(jobs + jobs, workers=workers)
+  candidates = []
+  for k, (pid, prompt, entry) in enumerate(pending):
+    reason, tests = P.judge_runs(results[k], results[len(pending) + k],
+                                 max_test_chars=max_test_chars)
+    if reason is not None:
+      rejected[reason] += 1
+      continue
+    provenance = {"source": P.SOURCE, "file": entry.get("file"), "index": entry.get("index"),
+                  "difficulty": entry.get("difficulty"), "seed": seed}
+    candidates.append(P.Problem(
+        id=pid, prompt=prompt, tests=tuple((kw, out) for kw, out in tests),
+        reference=entry["code_sample"], split=P.split_of(pid, heldout_fraction),
+        provenance=provenance))
+
+  # The reference must pass its own tests through the very path rewards will take.
+  verdicts = P.check([(p, p.reference) for p in candidates], workers=workers,
+                     timeout_s=timeout_s, memory_mb=memory_mb)
+  kept = []
+  for problem, verdict in zip(candidates, verdicts):
+    if verdict.passed:
+      kept.append(problem)
+    else:
+      rejected["reference_fails_tests"] += 1
+  stats = {"input": len(entries), "kept": len(kept),
+           "rejected": {r: rejected[r] for r in P.REASONS if rejected[r]},
+           "splits": {s: sum(p.split == s for p in kept) for s in P.SPLITS},
+           "seed": seed, "n_tests": n_tests, "heldout_fraction": heldout_fraction,
+           "source": P.SOURCE, "benchmarks": list(cfg.benchmarks), "benchmark_overlaps": overlaps}
+  assert stats["input"] == stats["kept"] + sum(stats["rejected"].values()), stats
+  return kept, stats
+
+
+def _write_atomic(path: pathlib.Path, text: str):
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text, encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def build(out_dir, *, limit: Optional[int] = None, seed: int = 0, heldout_fraction: float = 0.1,
+          workers: int = 2, n_tests: int = 5, data_dir=None, **kwargs) -> dict:
+  """Writes OUT/problems.jsonl and OUT/stats.json from the first `limit` CodeI/O entries.
+
+  problems.jsonl is renamed into place before stats.json, and stats.json is what marks a finished
+  set: an interrupted build leaves only *.tmp files, and the next build starts again.
+  Returns the stats.
+  """
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  entries = P.load_codeio(data_dir)
+  if limit is not None:
+    entries = entries[:limit]
+  kept, stats = make_problems(entries, seed=seed, n_tests=n_tests,
+                              heldout_fraction=heldout_fraction, workers=workers, **kwargs)
+  stats["limit"] = limit
+  lines = [json.dumps({f: getattr(p, f) for f in _FIELDS}) for p in kept]
+  _write_atomic(out / PROBLEMS_FILE, "".join(line + "\n" for line in lines))
+  _write_atomic(out / STATS_FILE, json.dumps(stats, indent=1) + "\n")
+  return stats
+
+
+def load(out_dir, split: Optional[str] = None) -> list[P.Problem]:
+  """The problems of a built set (optionally one split), checked field by field."""
+  path = pathlib.Path(out_dir) / PROBLEMS_FILE
+  if not (pathlib.Path(out_dir) / STATS_FILE).exists() or not path.exists():
+    raise P.ProblemsError(f"{path}: missing or unfinished (no {STATS_FILE} beside it); "
+                          "run data/make_problems.py")
+  if split is not None and split not in P.SPLITS:
+    raise ValueError(f"split={split!r}: expected one of {P.SPLITS}")
+  out = []
+  for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    where = f"{path}:{n}"
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise P.ProblemsError(f"{where}: not JSON ({e})") from e
+    if not isinstance(row, dict):
+      raise P.ProblemsError(f"{where}: expected an object, got {type(row).__name__}")
+    missing = [f for f in _FIELDS if f not in row]
+    if missing:
+      raise P.ProblemsError(f"{where}: missing field(s) {missing}")
+    tests = row["tests"]
+    if (not isinstance(tests, list) or not tests or
+        not all(isinstance(t, list) and len(t) == 2 and isinstance(t[0], dict) for t in tests)):
+      raise P.ProblemsError(f"{where}: 'tests' must be a non-empty list of [kwargs, expected]")
+    if row["split"] not in P.SPLITS:
+      raise P.ProblemsError(f"{where}: split {row['split']!r} not in {P.SPLITS}")
+    problem = P.Problem(**{**row, "tests": tuple((kw, want) for kw, want in tests)})
+    if split is None or problem.split == split:
+      out.append(problem)
+  return out

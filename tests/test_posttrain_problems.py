@@ -1,0 +1,129 @@
+"""The verifiable problem set (seedcoder_jax.posttrain.problems / problem_set) on real CodeI/O data.
+
+Every check runs through the sandbox, as rewards will: the first 12 entries of reasoning-gym's
+pool are built once per module (a few seconds), planted entries exercise each rejection reason.
+"""
+
+import json
+
+import pytest
+
+from seedcoder_jax.evaluation import benchmarks, execution
+from seedcoder_jax.posttrain import problem_set, problems
+from seedcoder_jax.sandbox import isolation
+
+BWRAP_OK, BWRAP_WHY = isolation.bwrap_works()
+pytestmark = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap cannot run here: {BWRAP_WHY}")
+LIMIT = 12
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  out = tmp_path_factory.mktemp("problems")
+  stats = problem_set.build(out, limit=LIMIT, seed=0, heldout_fraction=0.3, workers=2)
+  return out, stats, problem_set.load(out)
+
+
+def test_accounting_adds_up_and_matches_the_file(built):
+  out, stats, kept = built
+  assert stats["input"] == LIMIT
+  assert stats["input"] == stats["kept"] + sum(stats["rejected"].values())
+  assert set(stats["rejected"]) <= set(problems.REASONS)
+  assert stats["kept"] == len(kept) > 0
+  assert stats["splits"] == {s: sum(p.split == s for p in kept) for s in problems.SPLITS}
+  assert json.loads((out / "stats.json").read_text()) == stats
+  assert not list(out.glob("*.tmp"))
+  for p in kept:
+    assert p.id.startswith("codeio/") and len(p.tests) == 5
+    assert "main_solution(" in p.prompt and p.provenance["source"] == problems.SOURCE
+
+
+def test_references_pass_wrong_and_early_exit_fail(built):
+  _, _, kept = built
+  wrong = "def main_solution(**kwargs):\n    return None\n"
+  early_exit = "import sys\n\ndef main_solution(**kwargs):\n    sys.exit(0)\n"
+  jobs = ([(p, p.reference) for p in kept] + [(p, wrong) for p in kept] +
+          [(p, early_exit) for p in kept])
+  verdicts = problems.check(jobs, workers=2)
+  n = len(kept)
+  assert [v.passed for v in verdicts[:n]] == [True] * n, [v.detail for v in verdicts[:n]]
+  assert all(not v.passed and v.status == "error" for v in verdicts[n:2 * n])
+  assert all(not v.passed and v.status == execution.EXITED_EARLY for v in verdicts[2 * n:])
+
+
+def test_program_layout_is_what_seal_expects(built):
+  _, _, kept = built
+  head, tests = problems.program(kept[0], "def main_solution():\n    pass")
+  assert head.startswith("def main_solution():")
+  assert tests.count("\nassert _sc_check(") == len(kept[0].tests)
+
+
+def test_split_is_deterministic_and_disjoint(built, tmp_path):
+  _, stats, kept = built
+  assert all(p.split == problems.split_of(p.id, 0.3) for p in kept)
+  train = {p.id for p in kept if p.split == "train"}
+  heldout = {p.id for p in kept if p.split == "heldout"}
+  assert not train & heldout and len(train) + len(heldout) == len(kept)
+  ids = [f"codeio/{i:016x}" for i in range(2000)]
+  share = sum(problems.split_of(i, 0.25) == "heldout" for i in ids) / len(ids)
+  assert 0.21 < share < 0.29
+  assert {problems.split_of(i, 0.0) for i in ids} == {"train"}
+  assert {problems.split_of(i, 1.0) for i in ids} == {"heldout"}
+  # The whole set, tests included, is the same on a second build (inputs come from a fixed seed).
+  again = problem_set.build(tmp_path, limit=LIMIT, seed=0, heldout_fraction=0.3, workers=2)
+  assert again == stats and problem_set.load(tmp_path) == kept
+
+
+def _entry(code, generator="def generate_input(rng):\n    return {'n': rng.randint(1, 100)}\n",
+           description="Compute a number from n."):
+  return {"task_description": description, "input_output_spec": "Input: `n` (int).",
+          "code_sample": code, "input_generator": generator}
+
+
+def test_each_planted_bad_problem_is_rejected_under_its_reason():
+  he = benchmarks.get("humaneval").load()[0]  # has_close_elements, its prompt and solution
+  good = "def main_solution(n):\n    return n * n + 1\n"
+  planted = {
+      None: good,
+      "duplicate": good,
+      "syntax_error": "def main_solution(n):\n    return (\n",
+      "no_main_solution": "def solve(n):\n    return n\n",
+      "non_stdlib_import": "import numpy as np\n\ndef main_solution(n):\n    return int(np.sum(n))\n",
+      "benchmark_overlap": (f"{he.prompt}{he.canonical_solution}\n\ndef main_solution(n):\n"
+                            "    return has_close_elements([1.0, 2.0, n], 0.5)\n"),
+      "nondeterministic": "import random\n\ndef main_solution(n):\n    return random.random() * n\n",
+      "reference_error": "def main_solution(n):\n    return n / 0\n",
+      "output_not_json": "def main_solution(n):\n    return {n, n + 1}\n",
+      "constant_output": "def main_solution(n):\n    return 7\n",
+      "timeout": "def main_solution(n):\n    while True:\n        n += 1\n",
+  }
+  entries = [_entry(code) for code in planted.values()]
+  # The clock: the same inputs give a different answer on the second run.
+  entries.append(_entry("import time\n\ndef main_solution(n):\n    return time.time() + n\n"))
+  # An input generator that ignores its seeded rng.
+  entries.append(_entry("def main_solution(n):\n    return n + 1\n",
+                        generator="import random\n\ndef generate_input(rng):\n"
+                                  "    return {'n': random.random()}\n"))
+  kept, stats = problem_set.make_problems(entries, workers=2, timeout_s=3.0)
+  expected = {r: 1 for r in planted if r is not None}
+  expected["nondeterministic"] += 1
+  expected["generator_nondeterministic"] = 1
+  assert stats["rejected"] == expected
+  assert [p.reference for p in kept] == [good] and stats["input"] == len(entries)
+  [overlap] = stats["benchmark_overlaps"].values()
+  assert "HumanEval/0" in overlap
+  assert kept[0].tests[0][1] == kept[0].tests[0][0]["n"] ** 2 + 1
+
+
+def test_bad_or_missing_file_names_file_and_line(built, tmp_path):
+  out, _, _ = built
+  with pytest.raises(problems.ProblemsError, match="problems.jsonl: missing"):
+    problem_set.load(tmp_path)
+  lines = (out / "problems.jsonl").read_text().splitlines()
+  (tmp_path / "stats.json").write_text("{}")
+  bad = dict(json.loads(lines[0]))
+  del bad["tests"]
+  for line, why in ((json.dumps(bad), r"missing field\(s\) \['tests'\]"), ("{oops", "not JSON")):
+    (tmp_path / "problems.jsonl").write_text(lines[0] + "\n" + line + "\n")
+    with pytest.raises(problems.ProblemsError, match=rf"problems.jsonl:2: {why}"):
+      problem_set.load(tmp_path)
