@@ -113,11 +113,13 @@ def build(out_dir, *, limit: Optional[int] = None, seed: int = 0, heldout_fracti
   """Writes OUT/problems.jsonl and OUT/stats.json from the first `limit` CodeI/O entries.
 
   problems.jsonl is renamed into place before stats.json, and stats.json is what marks a finished
-  set: an interrupted build leaves only *.tmp files, and the next build starts again.
+  set (removed first): an interrupted build leaves no stats.json, and load() refuses the directory.
   Returns the stats.
   """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
+  # An older set's stats must not vouch for a problems file this build may half replace.
+  (out / STATS_FILE).unlink(missing_ok=True)
   entries = P.load_codeio(data_dir)
   if limit is not None:
     entries = entries[:limit]

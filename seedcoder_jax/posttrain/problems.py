@@ -143,9 +143,10 @@ def _plain(value):
   return json.loads(json.dumps(value, allow_nan=False))
 
 def _run():
+  # Generators use the reference's imports and helpers (reasoning-gym runs both in one namespace).
   gen_ns = {"Random": Random}
   try:
-    exec(compile(GENERATOR, "generator.py", "exec"), gen_ns)
+    exec(compile(REFERENCE + "\n\n" + GENERATOR, "generator.py", "exec"), gen_ns)
   except Exception as e:
     return {"reason": "generator_error", "detail": repr(e)}
   gen = gen_ns.get("generate_input") or gen_ns.get("generate_inputs")
