@@ -55,7 +55,30 @@ def test_program_layout_is_what_seal_expects(built):
   _, _, kept = built
   head, tests = problems.program(kept[0], "def main_solution():\n    pass")
   assert head.startswith("def main_solution():")
-  assert tests.count("\nassert _sc_check(") == len(kept[0].tests)
+  assert tests.count("\nassert _sc_same(") == len(kept[0].tests)
+
+
+def test_results_are_compared_as_plain_json_values():
+  problem = problems.Problem(
+      id="codeio/planted", prompt="", reference="", split="train", provenance={},
+      tests=(({"n": 2}, {"pair": [2, 0.1], "1": True}), ({"n": 3}, {"pair": [3, 0.1], "1": True})))
+  body = "def main_solution(n):\n    return {}\n"
+  completions = {
+      "exact": body.format("{'pair': [n, 0.1], '1': True}"),
+      "tuple_int_key_last_bits": body.format("{'pair': (n, 0.1 + 1e-12), 1: True}"),
+      "number_for_bool": body.format("{'pair': [n, 0.1], '1': 1}"),
+      "float_off": body.format("{'pair': [n, 0.1001], '1': True}"),
+      "wrong_on_one_test": body.format("{'pair': [2, 0.1], '1': True}"),
+      # Objects that claim equality, and a patched json module, are not plain JSON values.
+      "always_equal": "class E(dict):\n  __eq__ = lambda s, o: True\n" + body.format("E()"),
+      "patched_json": ("import json\njson.loads = json.dumps = lambda *a, **k: 0\n" +
+                       body.format("None")),
+  }
+  verdicts = problems.check([(problem, c) for c in completions.values()], workers=2)
+  passed = {name: v.passed for name, v in zip(completions, verdicts)}
+  assert passed == {"exact": True, "tuple_int_key_last_bits": True, "number_for_bool": False,
+                    "float_off": False, "wrong_on_one_test": False, "always_equal": False,
+                    "patched_json": False}
 
 
 def test_split_is_deterministic_and_disjoint(built, tmp_path):

@@ -197,7 +197,10 @@ def _report(result) -> dict:
   if result.status != "ok" or not lines:
     # It exited (sys.exit in the reference), crashed or hit a limit before reporting.
     return {"reason": "reference_error", "detail": f"{result.status}: {result.stderr[-300:]}"}
-  return json.loads(lines[-1][len(_MARKER):])
+  try:
+    return json.loads(lines[-1][len(_MARKER):])
+  except json.JSONDecodeError:
+    return {"reason": "reference_error", "detail": "unreadable report"}
 
 
 def judge_runs(first, second, *, max_test_chars: int) -> tuple[Optional[str], list]:
@@ -220,31 +223,55 @@ def judge_runs(first, second, *, max_test_chars: int) -> tuple[Optional[str], li
   return None, tests
 
 
-# The tests' comparison: JSON values, floats within a relative 1e-6 (a correct solution that sums
-# in another order differs from the reference in the last bits), bools never equal to numbers.
+# The tests' comparison. The candidate's module runs first and can patch any module it imports
+# (json, math), so the tests use none: expected values and kwargs are Python literals (a JSON value
+# is one), and the result is rebuilt from exact builtin types, so an object whose __eq__ always
+# says True, or a dict subclass, is no pass. As in json.dumps, tuples count as lists and int keys
+# as strings. Floats match within a relative 1e-6 (a correct solution that sums in another order
+# differs from the reference in the last bits); bools never equal numbers.
 _COMPARE = r'''
-import json as _sc_json, math as _sc_math
+_SC_BAD = object()
+
+def _sc_key(k):
+  if type(k) is str:
+    return k
+  if type(k) is bool:
+    return "true" if k else "false"
+  return str(k) if type(k) is int else _SC_BAD
+
+def _sc_plain(x):
+  t = type(x)
+  if x is None or t is bool or t is int or t is str:
+    return x
+  if t is float:
+    return x if x - x == 0.0 else _SC_BAD  # NaN and infinities are not JSON
+  if t is list or t is tuple:
+    return [_sc_plain(v) for v in x]
+  if t is dict:
+    return {_sc_key(k): _sc_plain(v) for k, v in x.items()}
+  return _SC_BAD
 
 def _sc_same(got, want):
-  if isinstance(want, bool) or isinstance(got, bool):
+  if type(want) is bool or type(got) is bool:
     return got is want
-  if isinstance(want, (int, float)) and isinstance(got, (int, float)):
-    return got == want or _sc_math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
-  if isinstance(want, list) and isinstance(got, list):
-    return len(got) == len(want) and all(_sc_same(g, w) for g, w in zip(got, want))
-  if isinstance(want, dict) and isinstance(got, dict):
-    return got.keys() == want.keys() and all(_sc_same(got[k], want[k]) for k in want)
-  return got == want
-
-def _sc_check(kwargs, want):
-  got = main_solution(**_sc_json.loads(kwargs))
-  return _sc_same(_sc_json.loads(_sc_json.dumps(got)), _sc_json.loads(want))
+  if type(want) in (int, float) and type(got) in (int, float):
+    try:
+      return got == want or abs(got - want) <= max(1e-9, 1e-6 * max(abs(got), abs(want)))
+    except OverflowError:
+      return False
+  if type(want) is list:
+    return (type(got) is list and len(got) == len(want) and
+            all(_sc_same(g, w) for g, w in zip(got, want)))
+  if type(want) is dict:
+    return (type(got) is dict and got.keys() == want.keys() and
+            all(_sc_same(got[k], want[k]) for k in want))
+  return type(got) is type(want) and got == want
 '''
 
 
 def program(problem: Problem, completion_code: str) -> tuple[str, str]:
   """(head, tests) for verdict.seal("python", head, tests, token): top-level asserts, one a test."""
-  asserts = [f"assert _sc_check({json.dumps(kw)!r}, {json.dumps(want)!r}), 'test {i}'"
+  asserts = [f"assert _sc_same(_sc_plain(main_solution(**{kw!r})), {want!r}), 'test {i}'"
              for i, (kw, want) in enumerate(problem.tests)]
   return f"{completion_code}\n", _COMPARE + "\n" + "\n".join(asserts) + "\n"
 
