@@ -5,6 +5,10 @@ pool are built once per module (a few seconds), planted entries exercise each re
 """
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -119,19 +123,29 @@ def test_each_planted_bad_problem_is_rejected_under_its_reason():
       "output_not_json": "def main_solution(n):\n    return {n, n + 1}\n",
       "constant_output": "def main_solution(n):\n    return 7\n",
       "timeout": "def main_solution(n):\n    while True:\n        n += 1\n",
+      # json.dumps writes an int subclass as a number, the tests take only exact types.
+      "reference_fails_tests": "class Count(int):\n    pass\n\ndef main_solution(n):\n"
+                               "    return Count(n)\n",
   }
   entries = [_entry(code) for code in planted.values()]
   # The clock: the same inputs give a different answer on the second run.
   entries.append(_entry("import time\n\ndef main_solution(n):\n    return time.time() + n\n"))
-  # An input generator that ignores its seeded rng.
-  entries.append(_entry("def main_solution(n):\n    return n + 1\n",
-                        generator="import random\n\ndef generate_input(rng):\n"
-                                  "    return {'n': random.random()}\n"))
+  # Input generators: one ignoring its seeded rng, one missing, one raising, one not JSON.
+  generators = {
+      "generator_nondeterministic": ("import random\n\ndef generate_input(rng):\n"
+                                     "    return {'n': random.random()}\n"),
+      "no_input_generator": "def make_input(rng):\n    return {'n': 1}\n",
+      "generator_error": "def generate_inputs(rng):\n    return {'n': rng.randint(5, 1)}\n",
+      "input_not_json": "def generate_input(rng):\n    return {'n': {rng.random()}}\n",
+  }
+  entries += [_entry(f"def main_solution(n):\n    return [n, {i}]\n", generator=g)
+              for i, g in enumerate(generators.values())]
+  entries.append(_entry("def main_solution(n):\n    return [n] * 10000\n"))
   kept, stats = problem_set.make_problems(entries, workers=2, timeout_s=3.0)
-  expected = {r: 1 for r in planted if r is not None}
+  expected = {r: 1 for r in [*planted, *generators, "tests_too_large"] if r is not None}
   expected["nondeterministic"] += 1
-  expected["generator_nondeterministic"] = 1
   assert stats["rejected"] == expected
+  assert set(stats["rejected"]) == set(problems.REASONS)
   assert [p.reference for p in kept] == [good] and stats["input"] == len(entries)
   [overlap] = stats["benchmark_overlaps"].values()
   assert "HumanEval/0" in overlap
@@ -150,3 +164,15 @@ def test_bad_or_missing_file_names_file_and_line(built, tmp_path):
     (tmp_path / "problems.jsonl").write_text(lines[0] + "\n" + line + "\n")
     with pytest.raises(problems.ProblemsError, match=rf"problems.jsonl:2: {why}"):
       problem_set.load(tmp_path)
+
+
+def test_entry_point_writes_the_set(tmp_path):
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run(
+      [sys.executable, str(root / "data" / "make_problems.py"), f"--output={tmp_path}",
+       "--limit=3", "--workers=2"], capture_output=True, text=True, timeout=120,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=root)
+  assert out.returncode == 0, out.stderr[-2000:]
+  line = json.loads(out.stdout.strip().splitlines()[-1])
+  assert line["input"] == 3 == line["kept"] + sum(line["rejected"].values())
+  assert len(problem_set.load(tmp_path)) == line["kept"]
