@@ -160,7 +160,8 @@ def test_bad_or_missing_file_names_file_and_line(built, tmp_path):
   (tmp_path / "stats.json").write_text("{}")
   bad = dict(json.loads(lines[0]))
   del bad["tests"]
-  for line, why in ((json.dumps(bad), r"missing field\(s\) \['tests'\]"), ("{oops", "not JSON")):
+  for line, why in ((json.dumps(bad), r"missing field\(s\) \['tests'\]"), ("{oops", "not JSON"),
+                    (json.dumps({**json.loads(lines[0]), "x": 1}), r".*unknown field\(s\) \['x'\]")):
     (tmp_path / "problems.jsonl").write_text(lines[0] + "\n" + line + "\n")
     with pytest.raises(problems.ProblemsError, match=rf"problems.jsonl:2: {why}"):
       problem_set.load(tmp_path)

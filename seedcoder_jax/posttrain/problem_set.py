@@ -150,8 +150,9 @@ def load(out_dir, split: Optional[str] = None) -> list[P.Problem]:
     if not isinstance(row, dict):
       raise P.ProblemsError(f"{where}: expected an object, got {type(row).__name__}")
     missing = [f for f in _FIELDS if f not in row]
-    if missing:
-      raise P.ProblemsError(f"{where}: missing field(s) {missing}")
+    unknown = sorted(set(row) - set(_FIELDS))
+    if missing or unknown:
+      raise P.ProblemsError(f"{where}: missing field(s) {missing}, unknown field(s) {unknown}")
     tests = row["tests"]
     if (not isinstance(tests, list) or not tests or
         not all(isinstance(t, list) and len(t) == 2 and isinstance(t[0], dict) for t in tests)):
