@@ -9,6 +9,11 @@ deterministic ones), decontaminates against every evaluated benchmark, splits by
 problem id, and writes DIR/problems.jsonl and DIR/stats.json (every entry kept or rejected under a
 named reason). Both files are renamed into place at the end: a directory holds a whole set or none.
 Prints the stats' headline as one JSON line.
+
+The whole pool (seed 0, 5 tests, 2026-12-03, one worker on a loaded 2-core CPU, 9 min): 5,752
+entries -> 1,791 kept (1,624 train / 167 held-out); rejected: duplicate 2,509, non_stdlib_import
+1,031, constant_output 207, nondeterministic 144, benchmark_overlap 29, reference_error 20,
+generator_nondeterministic 13, reference_fails_tests 5, tests_too_large 2, input_not_json 1.
 """
 
 import json
