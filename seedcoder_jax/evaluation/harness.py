@@ -118,7 +118,6 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
   unsupported = {p.task_id: p.unsupported for p in problems if p.unsupported}
   # Problems that cannot run here stay in the denominator as failures: dropping them would
   # inflate pass@k above what the same samples score where they run.
-  scored = problems
   if len(unsupported) == len(problems):
     raise benchmarks_lib.BenchmarkError(f"{benchmark}: no problem can run here "
                                         f"({sorted(set(unsupported.values()))})")
@@ -146,7 +145,7 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
   for (p, s), out in zip(jobs, outcomes):
     per_task[p.task_id].append((s, out))
   counts, per_problem = {}, []
-  for p in scored:
+  for p in problems:
     rows = per_task.get(p.task_id, [])
     n, c = len(rows), sum(out.passed for _, out in rows)
     if n:
@@ -164,13 +163,13 @@ def score(benchmark: str, problems: list[benchmarks_lib.Problem],
       "description": bench.description,
       "scoring": bench.scoring,
       "num_problems": len(problems),
-      "num_scored": len(scored),
-      "num_runnable": len(scored) - len(unsupported),
+      "num_scored": len(problems),
+      "num_runnable": len(problems) - len(unsupported),
       "samples_per_problem": {"min": min(ns, default=0), "max": max(ns, default=0)},
-      "pass_at_k": metrics.benchmark_pass_at_k(counts, len(scored), ks),
-      "exact_match": (sum(c / n for n, c in counts.values()) / len(scored)
+      "pass_at_k": metrics.benchmark_pass_at_k(counts, len(problems), ks),
+      "exact_match": (sum(c / n for n, c in counts.values()) / len(problems)
                       if bench.scoring == "exact_match" else None),
-      "missing": [p.task_id for p in scored
+      "missing": [p.task_id for p in problems
                   if p.task_id not in counts and p.task_id not in unsupported],
       "unsupported": unsupported,
       "unsupported_policy": "counted as failures: in the denominator with 0 passes",
