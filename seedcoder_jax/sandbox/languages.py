@@ -74,7 +74,7 @@ def canonical(language):
   return name
 
 
-def _world_reachable(path):
+def world_reachable(path):
   """Whether a process with no special rights can reach and run path (every parent o+x)."""
   path = os.path.realpath(path)
   parts = path.split("/")
@@ -101,7 +101,7 @@ def python_interpreter():
                 shutil.which("python3") or ""]
   for candidate in candidates:
     if candidate and os.path.exists(candidate) and (os.geteuid() != 0 or
-                                                     _world_reachable(candidate)):
+                                                     world_reachable(candidate)):
       path = os.path.realpath(candidate)
       prefix = os.path.dirname(os.path.dirname(path))  # <prefix>/bin/python
       return path, (() if path.startswith("/usr/") else (prefix,))
