@@ -2,6 +2,10 @@
 
 Each backend has `name`, `model` (together with the prompt they key the cache) and
 `rate(list of chat-message lists) -> list[oracle.Answer]`, one answer per prompt, in order.
+The sampler and HTTP backends also have `generate(list of chat-message lists, max_new_tokens=None)
+-> list[Generation]`: the answer's text itself, for callers that want text rather than a rating
+(the instruction-data pipeline, seedcoder_jax.posttrain.instruct_data). G-Eval reads logits only
+and cannot generate.
 
 G-Eval reading (`GEvalBackend`): one forward pass over the chat-templated prompt plus the assistant
 prefix "Rating: [[" plus the token "1". SmolLM2's tokenizer splits numbers into single digits, so
@@ -15,6 +19,7 @@ and `digit_mass` = sum_d P(d) says how much the model meant to write a digit at 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import json
 import os
@@ -32,6 +37,18 @@ from seedcoder_jax.curation.oracle import Answer, OracleConfig
 
 ASSISTANT_PREFIX = "Rating: [["
 CHATML_SPECIALS = ("<|im_start|>", "<|im_end|>")
+
+
+@dataclasses.dataclass
+class Generation:
+  """One generated answer: its text (None when there is none), a status and a short detail.
+
+  status: "ok", "empty_answer", or one of the HTTP failures of oracle.STATUSES ("bad_response",
+  and the transient "timeout" / "http_error" / "connection_error", retried before they get here).
+  """
+  text: str | None
+  status: str
+  detail: str = ""
 
 
 # ----------------------------------------------------------------------------- chat format
@@ -258,6 +275,21 @@ class SamplerBackend:
       answers.append(Answer(score, status, f"finish={c.finish_reason} tail={text[-120:]!r}"))
     return answers
 
+  def generate(self, prompts: Sequence[Sequence[dict]],
+               max_new_tokens: int | None = None) -> list[Generation]:
+    """The generated text of each prompt (greedy at temperature 0), in order."""
+    params = self.params
+    if max_new_tokens is not None:
+      params = dataclasses.replace(params, max_new_tokens=min(max_new_tokens,
+                                                              self.cfg.max_new_tokens))
+    completions = self.sampler.generate([self.prompts.ids(m) for m in prompts], params)
+    out = []
+    for c in completions:
+      text = c.text if c.text is not None else self.tok.decode(c.tokens)
+      status = "ok" if text.strip() else "empty_answer"
+      out.append(Generation(text, status, f"finish={c.finish_reason} tokens={len(c.tokens)}"))
+    return out
+
 
 # ----------------------------------------------------------------------------- HTTP
 
@@ -288,43 +320,75 @@ class HttpBackend:
       return list(pool.map(self.rate_one, prompts))
 
   def rate_one(self, messages: Sequence[dict]) -> Answer:
+    return self._retrying(lambda: self._attempt(messages))
+
+  def _retrying(self, attempt_fn):
+    """attempt_fn() until its result's status is not transient, at most max_retries + 1 times."""
     answer = Answer(None, "connection_error", "no attempt")
     for attempt in range(self.cfg.max_retries + 1):
       if attempt:
         self.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
-      answer = self._attempt(messages)
+      answer = attempt_fn()
       if answer.status not in oracle_lib.TRANSIENT:
         return answer
     answer.detail = f"after {self.cfg.max_retries + 1} attempts: {answer.detail}"
     return answer
 
-  def _attempt(self, messages: Sequence[dict]) -> Answer:
+  def _post(self, messages: Sequence[dict], max_new_tokens: int | None = None):
+    """(message content, None) from one POST, or (None, failure Answer)."""
     body = json.dumps({"model": self.cfg.model, "messages": list(messages),
                        "temperature": self.cfg.temperature,
-                       "max_tokens": self.cfg.max_new_tokens}).encode()
+                       "max_tokens": max_new_tokens or self.cfg.max_new_tokens}).encode()
     request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
     try:
       with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
         raw = response.read()
     except urllib.error.HTTPError as e:
       status = "http_error" if e.code == 429 or e.code >= 500 else "bad_response"
-      return Answer(None, status, f"HTTP {e.code} {e.reason}")
+      return None, Answer(None, status, f"HTTP {e.code} {e.reason}")
     except (TimeoutError, socket.timeout) as e:
-      return Answer(None, "timeout", f"no answer within {self.cfg.timeout_s}s ({e})")
+      return None, Answer(None, "timeout", f"no answer within {self.cfg.timeout_s}s ({e})")
     except urllib.error.URLError as e:
       if isinstance(e.reason, (TimeoutError, socket.timeout)):
-        return Answer(None, "timeout", f"no answer within {self.cfg.timeout_s}s ({e.reason})")
-      return Answer(None, "connection_error", str(e.reason))
+        return None, Answer(None, "timeout", f"no answer within {self.cfg.timeout_s}s ({e.reason})")
+      return None, Answer(None, "connection_error", str(e.reason))
     except (ConnectionError, OSError) as e:
-      return Answer(None, "connection_error", str(e))
+      return None, Answer(None, "connection_error", str(e))
     try:
       content = json.loads(raw)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as e:
-      return Answer(None, "bad_response", f"{type(e).__name__}: {raw[:200]!r}")
+      return None, Answer(None, "bad_response", f"{type(e).__name__}: {raw[:200]!r}")
     if content is not None and not isinstance(content, str):
-      return Answer(None, "bad_response", f"message content is {type(content).__name__}")
+      return None, Answer(None, "bad_response", f"message content is {type(content).__name__}")
+    return content, None
+
+  def _attempt(self, messages: Sequence[dict]) -> Answer:
+    content, failure = self._post(messages)
+    if failure is not None:
+      return failure
     score, status = oracle_lib.parse_rating(content, self.cfg.out_of_range)
     return Answer(score, status, (content or "")[-200:])
+
+  def generate(self, prompts: Sequence[Sequence[dict]],
+               max_new_tokens: int | None = None) -> list[Generation]:
+    """The answer text of each prompt (requests `concurrency` at a time), in order."""
+    with concurrent.futures.ThreadPoolExecutor(self.cfg.concurrency) as pool:
+      return list(pool.map(lambda m: self.generate_one(m, max_new_tokens), prompts))
+
+  def generate_one(self, messages: Sequence[dict],
+                   max_new_tokens: int | None = None) -> Generation:
+    """One answer's text, with the same retries and backoff as `rate_one`."""
+    def attempt() -> Answer:
+      content, failure = self._post(messages, max_new_tokens)
+      if failure is not None:
+        return failure
+      if content is None or not content.strip():
+        return Answer(None, "empty_answer", "")
+      return Answer(None, "ok", content)
+    answer = self._retrying(attempt)
+    if answer.status == "ok":
+      return Generation(answer.detail, "ok", "")
+    return Generation(None, answer.status, answer.detail)
 
 
 def make_backend(cfg: OracleConfig):
