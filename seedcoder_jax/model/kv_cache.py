@@ -23,7 +23,9 @@ from seedcoder_jax.model.decoder import Decoder
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 
 
-def _constrain(cache):
+def constrain(cache):
+  """The cache's logical sharding constraint (batch over (data, fsdp), kv heads over tensor), for
+  programs that rewrite rows of a cache (the rollout engine's slot refill)."""
   return {"k": nn.with_logical_constraint(cache["k"], CACHE_AXES),
           "v": nn.with_logical_constraint(cache["v"], CACHE_AXES),
           "valid": nn.with_logical_constraint(cache["valid"], ("batch", "length"))}
@@ -44,7 +46,7 @@ def prefill(cfg: ModelConfig, params, tokens_BT, segment_ids_BT, positions_BT, c
   pad = ((0, 0), (0, 0), (0, cache_len - t), (0, 0), (0, 0))
   cache = {"k": jnp.pad(k_LBTKD, pad), "v": jnp.pad(v_LBTKD, pad),
            "valid": jnp.pad(segment_ids_BT != 0, ((0, 0), (0, cache_len - t)))}
-  return logits_B1V[:, 0], _constrain(cache)
+  return logits_B1V[:, 0], constrain(cache)
 
 
 def decode_step(cfg: ModelConfig, params, cache, tokens_B, positions_B, index):
@@ -65,4 +67,4 @@ def decode_step(cfg: ModelConfig, params, cache, tokens_B, positions_B, index):
            "v": jax.lax.dynamic_update_slice(cache["v"], v_LB1KD.astype(cache["v"].dtype), start),
            "valid": jax.lax.dynamic_update_slice(cache["valid"], jnp.ones((b, 1), bool),
                                                  (zero, jnp.asarray(index, jnp.int32)))}
-  return logits_B1V[:, 0], _constrain(cache)
+  return logits_B1V[:, 0], constrain(cache)
