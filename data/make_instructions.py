@@ -1,0 +1,53 @@
+r"""Makes SFT instruction data: synthetic, sandbox-verified (Seed-Coder section 3.1), or problems.
+
+  python data/make_instructions.py --config=configs/instruct_data.py:demo --workdir=/tmp/inst
+  python data/make_instructions.py --config=configs/instruct_data.py:demo --workdir=/tmp/inst_p \
+      --source=problems --config.problems.dir=/tmp/problems
+  python data/make_instructions.py --config=configs/instruct_data.py:scale --workdir=/mnt/inst \
+      --config.generator.base_url=http://host:8000/v1 --config.generator.model=NAME \
+      --config.seeds.corpus=/mnt/curation/corpus
+
+--source=generate: per seed snippet an LLM writes an instruction, a response with code and unit
+tests; syntax, decontamination, difficulty, sandbox self-correction and a correctness judge filter
+them. Every finished seed is journaled in DIR/journal.jsonl, so a rerun resumes (--overwrite starts
+over). --source=problems: the train split of a verifiable problem set, reference solutions as
+answers. Both write DIR/corpus/ (chat corpus, kind sft) and DIR/stats.json
+({"input", "kept", "rejected": {reason: n}, ...}, input = kept + sum of rejected) and print the
+headline as one JSON line. Every config key is documented in configs/instruct_data.py.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from seedcoder_jax.posttrain import instruct_data
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/instruct_data.py:VARIANT "
+                                          "(demo | scale)", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (corpus/, stats.json, journal)",
+                               required=True)
+_SOURCE = flags.DEFINE_enum("source", None, list(instruct_data.SOURCES),
+                            "overrides config.source: generate (LLM) or problems (a problem set)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "source=generate: discard DIR/journal.jsonl and start over")
+_PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value.to_dict()
+  if _SOURCE.value:
+    config["source"] = _SOURCE.value
+  cfg = instruct_data.InstructConfig.from_dict(config, where=f"--config")
+  stats = instruct_data.run(cfg, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                            progress=_PROGRESS.value)
+  print(json.dumps({"workdir": _WORKDIR.value, "source": stats["source"], "input": stats["input"],
+                    "kept": stats["kept"], "rejected": stats["rejected"],
+                    "notes": stats.get("notes", [])}))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
