@@ -17,6 +17,7 @@ from seedcoder_jax import sharding
 # config.trainer -> "module:function(config, workdir)"; the SFT/DPO/RL trainers register here.
 TRAINERS = {
     "pretrain": "seedcoder_jax.train.trainer:run",
+    "sft": "seedcoder_jax.posttrain.sft:run",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/FILE.py:VARIANT",

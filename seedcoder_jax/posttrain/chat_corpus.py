@@ -4,6 +4,9 @@ A chat corpus is a directory:
 
   chat_corpus.json                   metadata; written last, so its presence marks a complete corpus
   data-00000-of-00001.array_record   records, one JSON object each (UTF-8), group_size 1
+  index.npz                          per record: `difficulty` (int8, -1 = unrated) and `id_hash`
+                                     (uint32 from sha256 of the id: the stable held-out split), so
+                                     samplers weight and split without reading any record
 
 An SFT record (`kind="sft"`):
   {"id": str, "messages": [{"role": "system"|"user"|"assistant", "content": str}, ...],
@@ -22,15 +25,19 @@ record, so a corpus edited by hand fails before training with the record named.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 from typing import Any, Iterable, Optional
+
+import numpy as np
 
 FORMAT = "seedcoder-chat-corpus"
 VERSION = 1
 KINDS = ("sft", "pairs")
 ROLES = ("system", "user", "assistant")
 METADATA_FILE = "chat_corpus.json"
+INDEX_FILE = "index.npz"
 REQUIRED = {"sft": ("id", "messages", "difficulty", "source"),
             "pairs": ("id", "prompt", "chosen", "rejected", "source")}
 OPTIONAL = {"sft": ("meta",), "pairs": ("meta", "ref_chosen", "ref_rejected")}
@@ -89,6 +96,11 @@ def check_record(record: Any, kind: str, where: str) -> dict:
   return record
 
 
+def id_hash(record_id: str) -> int:
+  """A stable 32-bit hash of a record id (held-out splits by id survive reordering)."""
+  return int.from_bytes(hashlib.sha256(record_id.encode("utf-8")).digest()[:4], "little")
+
+
 def _shard_name(i: int, n: int) -> str:
   return f"data-{i:05d}-of-{n:05d}.array_record"
 
@@ -112,19 +124,25 @@ def write(records: Iterable[dict], output, *, kind: str, metadata: Optional[dict
     old.unlink()
   shards = [_shard_name(i, num_shards) for i in range(num_shards)]
   writers = [ArrayRecordWriter(str(out / s), "group_size:1") for s in shards]
-  n, ids = 0, set()
+  n, ids, difficulty, hashes = 0, set(), [], []
   try:
     for n, record in enumerate(records):
       r = check_record(record, kind, f"record {n}")
       if r["id"] in ids:
         raise ChatCorpusError(f"record {n}: duplicate id {r['id']!r}")
       ids.add(r["id"])
+      d = r.get("difficulty")
+      difficulty.append(-1 if d is None else d)
+      hashes.append(id_hash(r["id"]))
       writers[n % num_shards].write(json.dumps(r, ensure_ascii=False).encode("utf-8"))
   finally:
     for w in writers:
       w.close()
   if not ids:
     raise ChatCorpusError(f"no records to write to {out}")
+  # Record i sits at shard i % k, position i // k: the index follows the written order.
+  np.savez(out / INDEX_FILE, difficulty=np.asarray(difficulty, np.int8),
+           id_hash=np.asarray(hashes, np.uint32))
   meta = {"format": FORMAT, "version": VERSION, "kind": kind, "num_records": len(ids),
           "shards": shards, **(metadata or {})}
   tmp = out / (METADATA_FILE + ".tmp")
@@ -168,6 +186,15 @@ class ChatSource:
     except json.JSONDecodeError as e:
       raise ChatCorpusError(f"{where}: not JSON ({e})") from e
     return check_record(record, self.kind, where)
+
+
+def read_index(path) -> dict:
+  """{"difficulty": int8 [N] (-1 unrated), "id_hash": uint32 [N]} of the corpus in `path`."""
+  p = pathlib.Path(path) / INDEX_FILE
+  if not p.is_file():
+    raise ChatCorpusError(f"chat corpus {p.parent} has no {INDEX_FILE} (an unfinished write?)")
+  with np.load(p, allow_pickle=False) as index:
+    return {"difficulty": index["difficulty"], "id_hash": index["id_hash"]}
 
 
 def open_corpus(path, *, kind: Optional[str] = None) -> tuple[ChatSource, dict]:

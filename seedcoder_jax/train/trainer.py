@@ -113,15 +113,18 @@ def input_data_source(cfg: PretrainConfig) -> DataSource:
 
 # --- the jitted functions -----------------------------------------------------------------------
 
-def jit_guarded_step(cfg: PretrainConfig, optimizer, mesh):
+def jit_guarded_step(cfg: PretrainConfig, optimizer, mesh,
+                     objective: Optional[step_lib.Objective] = None):
   """step.train_step, jitted with explicit shardings and donated state, that applies its update
   only if the loss and gradient norm are finite and the state is at `expected_step` (so once a
   step is skipped, the steps already dispatched after it are no-ops too)."""
-  state_sh, batch_sh, replicated = step_lib.step_shardings(cfg.model, optimizer, mesh)
+  objective = objective or step_lib.lm_objective(cfg.z_loss)
+  state_sh, batch_sh, replicated = step_lib.step_shardings(cfg.model, optimizer, mesh,
+                                                           objective=objective)
 
   def guarded(state, batch, expected_step):
-    new, metrics = step_lib.train_step(cfg.model, optimizer, state, batch, z_loss=cfg.z_loss,
-                                       grad_accum_steps=cfg.grad_accum_steps)
+    new, metrics = step_lib.train_step(cfg.model, optimizer, state, batch,
+                                       grad_accum_steps=cfg.grad_accum_steps, objective=objective)
     ok = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
           & (state.step == expected_step))
     # A select per element: XLA fuses it into the optimizer update, so it costs no extra pass.
@@ -132,21 +135,29 @@ def jit_guarded_step(cfg: PretrainConfig, optimizer, mesh):
                  out_shardings=(state_sh, replicated), donate_argnums=(0,))
 
 
-def make_eval_fn(cfg: PretrainConfig):
+def make_eval_fn(cfg: PretrainConfig, objective: Optional[step_lib.Objective] = None):
+  """jit(params, batch) -> the objective's sums (the pretraining loss without its z-loss)."""
+  objective = objective or step_lib.lm_objective(0.0)
+
   @jax.jit
   def sums(params, batch):
-    _, aux = step_lib.loss_sums(cfg.model, params, batch)
-    return aux["nll_sum"], aux["tokens"]
+    return objective.loss_sums(cfg.model, params, batch)[1]
   return sums
+
+
+def evaluate_all(eval_fn, params, batches, mesh) -> dict:
+  """Every metric of the objective, count-weighted over the held-out batches ("tokens": count)."""
+  total: dict = {}
+  for b in batches:
+    for k, v in jax.device_get(eval_fn(params, sharding_lib.place_batch(b, mesh))).items():
+      total[k] = total.get(k, 0.0) + float(v)
+  n = max(total.get("tokens", 0.0), 1.0)
+  return {k: (v if k == "tokens" else v / n) for k, v in total.items()}
 
 
 def evaluate(eval_fn, params, batches, mesh) -> float:
   """Token-weighted mean loss over the held-out batches."""
-  nll, tokens = 0.0, 0.0
-  for b in batches:
-    n, t = eval_fn(params, sharding_lib.place_batch(b, mesh))
-    nll, tokens = nll + float(n), tokens + float(t)
-  return nll / max(tokens, 1.0)
+  return evaluate_all(eval_fn, params, batches, mesh)["loss"]
 
 
 # --- initial state --------------------------------------------------------------------------------
@@ -237,8 +248,13 @@ def validate(cfg: PretrainConfig, mesh) -> None:
 
 
 def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
-          raw_config: Optional[Mapping] = None) -> dict:
-  """Trains until opt.total_steps (or stop_after_steps), resuming from WORKDIR/checkpoints."""
+          raw_config: Optional[Mapping] = None, objective: Optional[step_lib.Objective] = None,
+          name: str = "pretrain", tokens_per_row: Optional[int] = None) -> dict:
+  """Trains until opt.total_steps (or stop_after_steps), resuming from WORKDIR/checkpoints.
+
+  Post-training trainers call this with their own data source, objective (default: the
+  next-token loss) and name (the log prefix); every metric the objective returns is logged.
+  """
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   try:
@@ -267,15 +283,15 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
   end = cfg.opt.total_steps if not cfg.stop_after_steps else min(cfg.stop_after_steps,
                                                                  cfg.opt.total_steps)
   if pi == 0:
-    print(f"[pretrain] {cfg.model.n_params / 1e6:.2f}M parameters, mesh {dict(mesh.shape)}, "
+    print(f"[{name}] {cfg.model.n_params / 1e6:.2f}M parameters, mesh {dict(mesh.shape)}, "
           f"batch {cfg.batch_size}x{cfg.seq_len}, steps {start}->{end}; state from {source}",
           flush=True)
 
-  step_fn = jit_guarded_step(cfg, optimizer, mesh)
-  eval_fn = make_eval_fn(cfg) if eval_batches else None
+  step_fn = jit_guarded_step(cfg, optimizer, mesh, objective)
+  eval_fn = make_eval_fn(cfg, objective) if eval_batches else None
   peak, _ = perf.peak_flops(cfg.model.compute_dtype)
   flops_per_token = cfg.model.flops_per_token(cfg.seq_len)
-  tokens_per_step = cfg.batch_size * cfg.seq_len
+  tokens_per_step = cfg.batch_size * (tokens_per_row or cfg.seq_len)
   writer = metrics_lib.MetricWriter(workdir, initial_step=start, total_steps=end,
                                     progress_bar=cfg.log.progress_bar)
   # Iterator positions before each recent batch: the NaN path pairs the last good state with the
@@ -307,13 +323,18 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
              "param_norm": m["param_norm"], "tokens": m["tokens"]}
       if cfg.z_loss:
         row["z_loss"] = m["z_loss"]
+      if objective is not None:  # a post-training objective's own metrics
+        row.update({k: v for k, v in m.items() if k not in row and k != "applied"})
       writer.write(step, row, echo=step % (cfg.log.every_steps * 10) == 0 or step == end)
       window.update(seconds=0.0, steps=0)
 
   def run_eval(step: int) -> None:
-    loss = evaluate(eval_fn, state.params, eval_batches, mesh)
-    summary["eval_loss"] = loss
-    writer.write(step, {"eval_loss": loss}, echo=True)
+    metrics = evaluate_all(eval_fn, state.params, eval_batches, mesh)
+    summary["eval_loss"] = metrics["loss"]
+    row = {"eval_loss": metrics["loss"]}
+    if objective is not None:
+      row.update({f"eval_{k}": v for k, v in metrics.items() if k not in ("loss", "tokens")})
+    writer.write(step, row, echo=True)
 
   stopped = None
   with sharding_lib.activate(mesh), ckpt_lib.PreemptionGuard() as preemption:
@@ -331,7 +352,7 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
         if eval_fn is not None and cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
           run_eval(step)
         if preemption.reached(step):
-          print(f"[pretrain] preemption (SIGTERM) at step {step}: saving and exiting", flush=True)
+          print(f"[{name}] preemption (SIGTERM) at step {step}: saving and exiting", flush=True)
           summary["preempted_at"] = step
           end = step
           break
