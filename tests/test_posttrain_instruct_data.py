@@ -5,11 +5,13 @@ answering fixed texts per planted seed; syntax, decontamination and the sealed s
 the real ones. One slow test runs the packaged SmolLM2-135M-Instruct end to end on two seeds.
 """
 
+import http.server
 import json
 import pathlib
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -216,6 +218,61 @@ def test_transient_failures_are_retried_on_a_rerun(tmp_path):
   assert second["kept"] == 1 and second["rejected"] == {} and second["resumed"] == 0
 
 
+class _OpenAIServer:
+  """A local OpenAI-compatible chat endpoint answering from a Scripted plan (503 once for "fixed")."""
+
+  def __init__(self, plan):
+    script, outer = Scripted(plan, DEFAULT), self
+    self.in_flight = self.max_in_flight = 0
+    self.failed_once = False
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *args):
+        pass
+
+      def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with lock:
+          outer.in_flight += 1
+          outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+          fail = "Task fixed:" in body["messages"][-1]["content"] and not outer.failed_once
+          outer.failed_once = outer.failed_once or fail
+        time.sleep(0.05)  # long enough for concurrent requests to overlap
+        if fail:
+          payload, code = b'{"error": "busy"}', 503
+        else:
+          text = script.generate([body["messages"]])[0].text
+          payload, code = json.dumps({"choices": [{"message": {"role": "assistant",
+                                                               "content": text}}]}).encode(), 200
+        with lock:
+          outer.in_flight -= 1
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@needs_sandbox
+def test_http_backend_runs_seeds_concurrently_with_retries(tmp_path):
+  plan = {k: v for k, v in PLAN.items() if k != "backend"}
+  server = _OpenAIServer(plan)
+  try:
+    cfg = config(concurrency=4, generator={"backend": "http", "base_url": server.url,
+                                           "model": "served", "backoff_s": 0.01})
+    stats = instruct_data.run_generate(cfg, tmp_path, seeds=seeds(plan))
+  finally:
+    server.httpd.shutdown()
+  assert stats["kept"] == 2 and stats["backend"] == "http" and stats["model"] == "served"
+  assert stats["rejected"] == {**{k: v for k, v in EXPECTED.items() if k != "backend_error"}}
+  assert server.failed_once and server.max_in_flight > 1
+
+
 def test_config_refuses_unknown_and_bad_keys():
   with pytest.raises(instruct_data.InstructDataError, match=r"filters.min_dificulty"):
     instruct_data.InstructConfig.from_dict({"filters": {"min_dificulty": 3}})
@@ -251,6 +308,12 @@ def test_parse_generation_names_what_is_missing():
   assert instruct_prompts.parse_generation(loose)[0].tests == "assert x == 1\n"
   assert instruct_prompts.parse_generation("### Instruction\nDo it.\n")[1] == "unparsable"
   assert instruct_prompts.parse_generation(generation("x", tests="x = 1\n"))[1] == "no_tests"
+  # Headings with text on their line; a "# Tests" comment inside code is code, not a heading.
+  inline = ("## Instruction: Do it.\n### Response\nSo.\n```python\n# Tests\nx = 1\n```\n"
+            "Response time matters.\nTests:\nassert x == 1\n")
+  gen = instruct_prompts.parse_generation(inline)[0]
+  assert gen.instruction == "Do it." and gen.code == "# Tests\nx = 1\n"
+  assert gen.response.endswith("Response time matters.") and gen.tests == "assert x == 1\n"
   assert instruct_prompts.parse_score("so... Difficulty: [[7]]") == 7
   assert instruct_prompts.parse_score("Rating: [[11]]") is None
 

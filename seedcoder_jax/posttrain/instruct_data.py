@@ -95,6 +95,9 @@ class PromptsConfig:
 
 _GROUPS = {"seeds": SeedsConfig, "filters": FiltersConfig, "sandbox": SandboxConfig,
            "problems": ProblemsConfig, "prompts": PromptsConfig}
+# OracleConfig keys of the rating oracle that generation never reads (left out of stats.json).
+_UNUSED_GENERATOR_KEYS = {"prompt_file", "sample_size", "sample_seed", "max_code_chars",
+                          "cache_path", "out_of_range", "geval_min_digit_mass"}
 # Keys that change how fast a run goes, not what it produces: a resumed run may change them.
 _OPERATIONAL = {"concurrency", "progress", "sandbox.workers", "generator.concurrency",
                 "generator.timeout_s", "generator.max_retries", "generator.backoff_s",
@@ -181,7 +184,8 @@ class InstructConfig:
     out = {}
     for k, v in dataclasses.asdict(self).items():
       if isinstance(v, dict):
-        out.update({f"{k}.{kk}": list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()})
+        out.update({f"{k}.{kk}": list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()
+                    if not (k == "generator" and kk in _UNUSED_GENERATOR_KEYS)})
       else:
         out[k] = v
     return out

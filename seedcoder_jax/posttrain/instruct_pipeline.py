@@ -86,8 +86,8 @@ class Pipeline:
     if failure:
       return reject("backend_error", stage="generate", **failure)
     gen, reason = prompts_lib.parse_generation(text)
-    if gen is None:
-      return reject(reason, detail=text[-500:])
+    if gen is None:  # the answer's start shows best how the format went wrong
+      return reject(reason, detail=text[:1000])
     err = filters_lib.syntax_error(gen.code)
     if err:
       return reject("syntax_error", detail=err)

@@ -110,8 +110,10 @@ def fill(template: str, **fields: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------- parsing
 
-_HEADING = re.compile(r"^[ \t]*(?:#{1,4}[ \t]*)?\**[ \t]*(instruction|response|tests?)[ \t]*\**"
-                      r"[ \t]*:?[ \t]*\**[ \t]*$", re.IGNORECASE | re.MULTILINE)
+# A heading line: "### Tests", "**Response:**", "Instruction:" or "## Instruction: Write ...".
+# A bare word without '#', '**' or ':' is no heading ("Response time matters" is text).
+_HEADING = re.compile(r"^[ \t]*(#{1,4}[ \t]*)?(\*\*)?[ \t]*(instruction|response|tests?)[ \t]*"
+                      r"(\*\*)?[ \t]*(:)?[ \t]*(\*\*)?[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = ("", "python", "py", "python3")
 
@@ -126,13 +128,20 @@ class Generation:
 
 
 def sections(text: str) -> dict[str, str]:
-  """heading (instruction | response | tests) -> its text; the first of each heading wins."""
+  """heading (instruction | response | tests) -> its text; the first of each heading wins.
+
+  Lines inside fenced code blocks are never headings (a "# Tests" comment stays code)."""
+  fences = [m.start() for m in re.finditer(r"^[ \t]*```", text, re.MULTILINE)]
+  marks = []
+  for m in _HEADING.finditer(text):
+    hashes, bold, word, _, colon, _, rest = m.groups()
+    in_code = sum(f < m.start() for f in fences) % 2 == 1
+    if not in_code and (hashes or bold or colon) and (not rest or colon):
+      marks.append((m, "tests" if word.lower().startswith("test") else word.lower(), rest))
   out: dict[str, str] = {}
-  marks = list(_HEADING.finditer(text))
-  for m, nxt in zip(marks, marks[1:] + [None]):
-    name = "tests" if m.group(1).lower().startswith("test") else m.group(1).lower()
-    body = text[m.end():nxt.start() if nxt else len(text)].strip()
-    out.setdefault(name, body)
+  for (m, name, rest), nxt in zip(marks, marks[1:] + [None]):
+    body = text[m.end():nxt[0].start() if nxt else len(text)]
+    out.setdefault(name, (rest + body).strip())
   return out
 
 
