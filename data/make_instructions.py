@@ -17,6 +17,7 @@ headline as one JSON line. Every config key is documented in configs/instruct_da
 """
 
 import json
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -40,9 +41,12 @@ def main(argv):
   config = _CONFIG.value.to_dict()
   if _SOURCE.value:
     config["source"] = _SOURCE.value
-  cfg = instruct_data.InstructConfig.from_dict(config, where=f"--config")
-  stats = instruct_data.run(cfg, _WORKDIR.value, overwrite=_OVERWRITE.value,
-                            progress=_PROGRESS.value)
+  try:
+    cfg = instruct_data.InstructConfig.from_dict(config, where="--config")
+    stats = instruct_data.run(cfg, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                              progress=_PROGRESS.value)
+  except instruct_data.InstructDataError as e:  # a bad key, corpus or journal: no traceback
+    sys.exit(f"make_instructions: {e}")
   print(json.dumps({"workdir": _WORKDIR.value, "source": stats["source"], "input": stats["input"],
                     "kept": stats["kept"], "rejected": stats["rejected"],
                     "notes": stats.get("notes", [])}))

@@ -110,6 +110,7 @@ PLAN = {
     "overlap": {"generate": generation("overlap", code=humaneval_copy(),
                                        tests="assert not has_close_elements([1.0], 0.5)\n")},
     "unrated": {"generate": generation("unrated"), "difficulty": "It is quite hard."},
+    "emptyrating": {"generate": generation("emptyrating"), "difficulty": ""},
     "easy": {"generate": generation("easy"), "difficulty": "Difficulty: [[1]]"},
     "failing": {"generate": generation("failing", code=WRONG), "revise": revision(WRONG)},
     "early": {"generate": generation("early", code=EARLY_EXIT), "revise": revision(EARLY_EXIT)},
@@ -119,7 +120,7 @@ PLAN = {
     "clean": {"generate": generation("clean")},
 }
 EXPECTED = {"backend_error": 1, "unparsable": 1, "no_tests": 1, "syntax_error": 1,
-            "benchmark_overlap": 1, "difficulty_unrated": 1, "too_easy": 1, "tests_failed": 2,
+            "benchmark_overlap": 1, "difficulty_unrated": 2, "too_easy": 1, "tests_failed": 2,
             "judge_unrated": 1, "judge_rejected": 1}
 
 
@@ -143,7 +144,7 @@ def test_every_rejection_reason_is_planted_and_counted_exactly(planted):
   assert stats["kept"] == 2 and json.loads((out / "stats.json").read_text()) == stats
   assert "HumanEval/0" in outcomes["overlap"]["detail"].split(",")
   assert outcomes["backend"]["status"] == "rejected" and not outcomes["backend"]["transient"]
-  assert stats["backend"] == "scripted" and "2 of 13 seeds kept" in stats["notes"][0]
+  assert stats["backend"] == "scripted" and "2 of 14 seeds kept" in stats["notes"][0]
 
 
 @needs_sandbox

@@ -28,10 +28,13 @@ def fingerprint(parts: dict) -> str:
   return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+_ABSENT = "(absent)"
+
+
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
   keys = []
   for k in sorted(set(old) | set(new)):
-    a, b = old.get(k), new.get(k)
+    a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
     if isinstance(a, dict) and isinstance(b, dict):
       keys += _diff(a, b, f"{prefix}{k}.")
     elif a != b:
@@ -80,7 +83,7 @@ class Journal:
       changes = _diff(old.get("parts", {}), header["parts"])
       raise JournalError(
           f"{self.path} was written under another configuration ({'; '.join(changes[:8])}); "
-          "resume with the same settings, use another workdir, or pass overwrite to start over")
+          "resume with the same settings, use another workdir, or start over (--overwrite)")
     for n, line in enumerate(body[1:], start=2):
       try:
         outcome = json.loads(line)

@@ -2,12 +2,13 @@
 
 `Pipeline.process(seed)` returns the seed's outcome, kept (with its SFT record) or rejected under
 one of REASONS, checked in this order:
-  backend_error       the endpoint / model gave no answer (transient ones are retried on a rerun)
+  backend_error       no answer: an HTTP failure after retries (transient ones are retried on a
+                      rerun) or a prompt the local model cannot fit
   unparsable          no instruction, response, or python code block in the response
   no_tests            no tests section whose code holds an assert
   syntax_error        Tree-sitter finds errors in the response's code (first or revised)
   benchmark_overlap   a 10-gram shared with an evaluated benchmark (instruction, response, tests)
-  difficulty_unrated  the difficulty answer holds no [[X]]
+  difficulty_unrated  the difficulty answer holds no [[X]] (or is empty)
   too_easy            difficulty (0-10) below filters.min_difficulty (the paper: 3)
   tests_failed        the code failed its tests in the sandbox, and every one of up to
                       sandbox.max_revisions revisions (the generator sees the error) failed too
@@ -62,9 +63,18 @@ class Pipeline:
     self.sandbox_slots = threading.Semaphore(cfg.sandbox.workers)
 
   def _ask(self, messages, max_new_tokens=None):
-    """(text, None) or (None, failure detail) from one generator call."""
-    g = self.backend.generate([messages], max_new_tokens=max_new_tokens)[0]
-    if g.status == "ok" and g.text and g.text.strip():
+    """(text, None) or (None, failure detail) from one generator call.
+
+    An empty answer is an answer (its parse fails under the step's own reason); a prompt the
+    local model cannot fit even with its code cut (ValueError) fails this seed, not the run."""
+    try:
+      g = self.backend.generate([messages], max_new_tokens=max_new_tokens)[0]
+    except ValueError as e:
+      return None, {"backend_status": "prompt_too_long", "detail": str(e)[-300:],
+                    "transient": False}
+    if g.status == "empty_answer" or (g.status == "ok" and not (g.text or "").strip()):
+      return "", None
+    if g.status == "ok":
       return g.text, None
     return None, {"backend_status": g.status, "detail": str(getattr(g, "detail", ""))[-300:],
                   "transient": g.status in oracle_lib.TRANSIENT}
