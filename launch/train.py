@@ -18,6 +18,7 @@ from seedcoder_jax import sharding
 TRAINERS = {
     "pretrain": "seedcoder_jax.train.trainer:run",
     "sft": "seedcoder_jax.posttrain.sft:run",
+    "dpo": "seedcoder_jax.posttrain.dpo_train:run",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/FILE.py:VARIANT",

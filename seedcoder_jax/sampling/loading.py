@@ -5,6 +5,9 @@
   hf:/dir               a LlamaForCausalLM safetensors directory; tokenizer.json beside it if present
   orbax:/dir            a params checkpoint (seedcoder_jax.interop.orbax_params); a tokenizer.json
                         or tokenizer.model (SentencePiece) in the directory if present
+  workdir:/dir          a training run's workdir (launch/train.py: pretrain, sft, dpo, rl): the
+                        params of its newest readable checkpoint, its model_config.json, and the
+                        tokenizer its config.json names (config.data.tokenizer)
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pathlib
 
 from seedcoder_jax import tokenizer as tokenizer_lib
 
-SPEC_KINDS = ("gguf", "hf", "orbax")
+SPEC_KINDS = ("gguf", "hf", "orbax", "workdir")
 
 
 def load_model(spec: str, *, mesh=None):
@@ -24,7 +27,7 @@ def load_model(spec: str, *, mesh=None):
   kind, sep, path = spec.partition(":") if isinstance(spec, str) else ("", "", "")
   if not sep or kind not in SPEC_KINDS or not path:
     raise ValueError(f"model spec {spec!r} must be one of gguf:smollm2, gguf:PATH, hf:DIR, "
-                     f"orbax:DIR")
+                     f"orbax:DIR, workdir:DIR")
   if kind == "gguf":
     from seedcoder_jax.interop import gguf
     file = gguf.smollm2_path() if path == "smollm2" else pathlib.Path(path)
@@ -36,6 +39,8 @@ def load_model(spec: str, *, mesh=None):
   directory = pathlib.Path(path)
   if not directory.is_dir():
     raise FileNotFoundError(f"model directory not found: {directory} (from model spec {spec!r})")
+  if kind == "workdir":
+    return _load_workdir(directory, mesh)
   if kind == "hf":
     from seedcoder_jax.interop import hf
     cfg, params = hf.load(directory, mesh=mesh)
@@ -43,6 +48,38 @@ def load_model(spec: str, *, mesh=None):
     from seedcoder_jax.interop import orbax_params
     cfg, params = orbax_params.load(directory, mesh=mesh)
   return cfg, params, _tokenizer_in(directory)
+
+
+def _load_workdir(directory: pathlib.Path, mesh):
+  """A training workdir's newest params (float32), model config and configured tokenizer."""
+  import json
+
+  import jax
+  from jax.sharding import SingleDeviceSharding
+
+  from seedcoder_jax import model as model_lib
+  from seedcoder_jax import sharding as sharding_lib
+  from seedcoder_jax.model.config import ModelConfig
+  from seedcoder_jax.train import checkpoint as ckpt_lib
+  model_file, config_file = directory / "model_config.json", directory / "config.json"
+  if not model_file.is_file():
+    raise FileNotFoundError(f"{directory} is not a training workdir: no model_config.json")
+  cfg = ModelConfig.from_dict(json.loads(model_file.read_text()), where=str(model_file))
+  abstract = model_lib.abstract_params(cfg)
+  if mesh is not None:
+    shardings = sharding_lib.param_shardings(cfg, mesh)
+  else:
+    shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), abstract)
+  _, params, _ = ckpt_lib.restore_params(directory / "checkpoints", abstract, shardings)
+  spec = ""
+  if config_file.is_file():
+    spec = (json.loads(config_file.read_text()).get("data") or {}).get("tokenizer") or ""
+  return cfg, params, tokenizer_lib.load(spec) if spec else None
+
+
+def _newest_step(directory: pathlib.Path):
+  steps = [int(p.name) for p in (directory / "checkpoints").glob("*") if p.name.isdigit()]
+  return max(steps) if steps else None
 
 
 def _tokenizer_in(directory: pathlib.Path):
@@ -71,6 +108,10 @@ def describe_model(spec: str) -> dict:
       out["package"] = f"{gguf.SMOLLM2_PACKAGE} {_version(gguf.SMOLLM2_PACKAGE)}"
     return out
   directory = pathlib.Path(path)
+  if kind == "workdir":
+    return {"spec": spec, "directory": str(directory), "step": _newest_step(directory),
+            "sha256": {f: _sha256(directory / f) for f in ("config.json", "model_config.json")
+                       if (directory / f).is_file()}}
   files = sorted(p for p in directory.rglob("*") if p.is_file())
   return {"spec": spec, "directory": str(directory),
           "files": {str(p.relative_to(directory)): p.stat().st_size for p in files},

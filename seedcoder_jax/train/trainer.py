@@ -174,11 +174,14 @@ def _check_same_shape(expected: ModelConfig, found: ModelConfig, where: str) -> 
                       + ", ".join(f"{k} (config {a}, checkpoint {b})" for k, (a, b) in diff.items()))
 
 
-def initial_state(cfg: PretrainConfig, optimizer, mesh) -> tuple[step_lib.TrainState, str]:
-  """A fresh TrainState (step 0, new optimizer moments) from config.init; returns (state, source)."""
+def initial_params(cfg: PretrainConfig, mesh) -> tuple[Any, str]:
+  """(float32 params placed on the mesh, source) from config.init: the weights a run starts
+  from, and the frozen reference of DPO (and of RL's optional KL term)."""
   kind, path = cfg.init.kind, cfg.init.path
   if kind == "random":
-    return step_lib.init_sharded_state(cfg.model, optimizer, mesh, seed=cfg.seed), "random init"
+    state = step_lib.init_sharded_state(cfg.model, opt_lib.make_optimizer(cfg.opt), mesh,
+                                        seed=cfg.seed)
+    return state.params, "random init"
   param_sh = sharding_lib.param_shardings(cfg.model, mesh)
   if kind == "workdir":
     ckpt_dir = pathlib.Path(path) / CHECKPOINTS
@@ -201,7 +204,14 @@ def initial_state(cfg: PretrainConfig, optimizer, mesh) -> tuple[step_lib.TrainS
       file_cfg, params = orbax_params.load(path, mesh=mesh)
     _check_same_shape(cfg.model, file_cfg, path or "(packaged SmolLM2 GGUF)")
     source = f"{kind} weights {path or '(packaged SmolLM2 GGUF)'}"
-  params = jax.tree.map(lambda p, s: jax.device_put(p.astype(jnp.float32), s), params, param_sh)
+  return jax.tree.map(lambda p, s: jax.device_put(p.astype(jnp.float32), s), params, param_sh), source
+
+
+def initial_state(cfg: PretrainConfig, optimizer, mesh) -> tuple[step_lib.TrainState, str]:
+  """A fresh TrainState (step 0, new optimizer moments) from config.init; returns (state, source)."""
+  if cfg.init.kind == "random":
+    return step_lib.init_sharded_state(cfg.model, optimizer, mesh, seed=cfg.seed), "random init"
+  params, source = initial_params(cfg, mesh)
   opt_sh = step_lib.state_shardings(cfg.model, optimizer, mesh).opt_state
   opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
   step0 = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, P()))
@@ -229,18 +239,21 @@ def _write_run_files(workdir: pathlib.Path, cfg: PretrainConfig, raw: Mapping) -
   (workdir / "config.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
 
 
-def validate(cfg: PretrainConfig, mesh) -> None:
-  """Every check that needs the devices (the rest is in config.from_tree), before compiling."""
+def validate(cfg: PretrainConfig, mesh, rows_per_example: int = 1) -> None:
+  """Every check that needs the devices (the rest is in config.from_tree), before compiling.
+
+  rows_per_example: batch rows per config.data.batch_size unit (DPO: 2, a pair's two replies)."""
   try:
     sharding_lib.check_params_fit(cfg.model, mesh)
   except sharding_lib.MeshError as e:
     raise ConfigError(f"config.mesh={dict(cfg.mesh)} and config.model: {e}") from e
-  per_step = cfg.batch_size // cfg.grad_accum_steps
+  rows = cfg.batch_size * rows_per_example
+  per_step = rows // cfg.grad_accum_steps
   n = mesh.shape["data"] * mesh.shape["fsdp"]
   if cfg.batch_size % cfg.grad_accum_steps or per_step % n:
     raise ConfigError(
-        f"config.data.batch_size={cfg.batch_size} with config.opt.grad_accum_steps="
-        f"{cfg.grad_accum_steps} gives microbatches of {cfg.batch_size / cfg.grad_accum_steps:g} "
+        f"config.data.batch_size={cfg.batch_size} ({rows} rows) with config.opt.grad_accum_steps="
+        f"{cfg.grad_accum_steps} gives microbatches of {rows / cfg.grad_accum_steps:g} "
         f"rows, which data*fsdp={n} devices (config.mesh={dict(mesh.shape)}) must divide")
   if cfg.batch_size % jax.process_count():
     raise ConfigError(f"config.data.batch_size={cfg.batch_size} is not divisible by the "
@@ -249,7 +262,7 @@ def validate(cfg: PretrainConfig, mesh) -> None:
 
 def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
           raw_config: Optional[Mapping] = None, objective: Optional[step_lib.Objective] = None,
-          name: str = "pretrain", tokens_per_row: Optional[int] = None) -> dict:
+          name: str = "pretrain", rows_per_example: int = 1) -> dict:
   """Trains until opt.total_steps (or stop_after_steps), resuming from WORKDIR/checkpoints.
 
   Post-training trainers call this with their own data source, objective (default: the
@@ -261,7 +274,7 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
     mesh = sharding_lib.make_mesh(dict(cfg.mesh))
   except sharding_lib.MeshError as e:
     raise ConfigError(f"config.mesh={dict(cfg.mesh)}: {e}") from e
-  validate(cfg, mesh)
+  validate(cfg, mesh, rows_per_example)
   if data is None:
     prepare_missing_data(cfg)
     data = input_data_source(cfg)
@@ -291,7 +304,7 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
   eval_fn = make_eval_fn(cfg, objective) if eval_batches else None
   peak, _ = perf.peak_flops(cfg.model.compute_dtype)
   flops_per_token = cfg.model.flops_per_token(cfg.seq_len)
-  tokens_per_step = cfg.batch_size * (tokens_per_row or cfg.seq_len)
+  tokens_per_step = cfg.batch_size * rows_per_example * cfg.seq_len
   writer = metrics_lib.MetricWriter(workdir, initial_step=start, total_steps=end,
                                     progress_bar=cfg.log.progress_bar)
   # Iterator positions before each recent batch: the NaN path pairs the last good state with the
@@ -402,4 +415,5 @@ def run(config, workdir, *, data: Optional[DataSource] = None) -> dict:
 
 
 __all__ = ["DataSource", "NonFiniteLossError", "ConfigError", "PretrainConfig", "run", "train",
-           "jit_guarded_step", "initial_state", "validate", "evaluate"]
+           "jit_guarded_step", "initial_params", "initial_state", "validate", "evaluate",
+           "evaluate_all"]
