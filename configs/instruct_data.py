@@ -2,7 +2,7 @@ r"""Instruction data for SFT (Seed-Coder section 3.1): synthetic, sandbox-verifi
 
   python data/make_instructions.py --config=configs/instruct_data.py:demo --workdir=/tmp/inst
   python data/make_instructions.py --config=configs/instruct_data.py:demo --workdir=/tmp/inst_p \
-      --config.source=problems --config.problems.dir=/tmp/problems     # what the CPU demo trains on
+      --source=problems --problems=/tmp/problems     # what the CPU demo trains on
   python data/make_instructions.py --config=configs/instruct_data.py:scale --workdir=/mnt/inst \
       --config.generator.base_url=http://vllm-host:8000/v1 --config.generator.model=MODEL \
       --config.seeds.corpus=/mnt/curation/corpus

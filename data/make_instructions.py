@@ -2,7 +2,7 @@ r"""Makes SFT instruction data: synthetic, sandbox-verified (Seed-Coder section 
 
   python data/make_instructions.py --config=configs/instruct_data.py:demo --workdir=/tmp/inst
   python data/make_instructions.py --config=configs/instruct_data.py:demo --workdir=/tmp/inst_p \
-      --source=problems --config.problems.dir=/tmp/problems
+      --source=problems --problems=/tmp/problems
   python data/make_instructions.py --config=configs/instruct_data.py:scale --workdir=/mnt/inst \
       --config.generator.base_url=http://host:8000/v1 --config.generator.model=NAME \
       --config.seeds.corpus=/mnt/curation/corpus
@@ -30,6 +30,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (corpus/, stat
                                required=True)
 _SOURCE = flags.DEFINE_enum("source", None, list(instruct_data.SOURCES),
                             "overrides config.source: generate (LLM) or problems (a problem set)")
+_PROBLEMS = flags.DEFINE_string("problems", None, "overrides config.problems.dir: a problem set "
+                                "built by data/make_problems.py (source=problems)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "source=generate: discard DIR/journal.jsonl and start over")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
@@ -41,6 +43,8 @@ def main(argv):
   config = _CONFIG.value.to_dict()
   if _SOURCE.value:
     config["source"] = _SOURCE.value
+  if _PROBLEMS.value:
+    config["problems"]["dir"] = _PROBLEMS.value
   try:
     cfg = instruct_data.InstructConfig.from_dict(config, where="--config")
     stats = instruct_data.run(cfg, _WORKDIR.value, overwrite=_OVERWRITE.value,

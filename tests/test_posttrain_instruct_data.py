@@ -368,7 +368,7 @@ def test_problems_become_sft_records_from_the_train_split_only(tmp_path):
   (set_dir / problem_set.STATS_FILE).write_text(json.dumps({"splits": {"train": 2, "heldout": 1}}))
   proc = subprocess.run(
       [sys.executable, "data/make_instructions.py", "--config=configs/instruct_data.py:demo",
-       f"--workdir={tmp_path / 'out'}", "--source=problems", f"--config.problems.dir={set_dir}",
+       f"--workdir={tmp_path / 'out'}", "--source=problems", f"--problems={set_dir}",
        "--noprogress"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   line = json.loads(proc.stdout.strip().splitlines()[-1])
