@@ -339,16 +339,34 @@ def run_generate(cfg: InstructConfig, workdir, *, backend=None,
   resumed = len(seeds) - len(todo)
   bar = _progress(len(todo), progress, "instructions")
   filters_lib.benchmark_index(cfg.filters.decontam_n, cfg.filters.decontam_benchmarks)
+  kept_so_far = sum(o["status"] == "kept" for o in journal.done.values())
+  # At most 2 x concurrency seeds are submitted at a time: a million seeds are not a million
+  # futures, and a killed run loses at most the seeds in flight.
+  queue, pending = iter(todo), set()
   with concurrent.futures.ThreadPoolExecutor(cfg.concurrency) as pool:
-    futures = [pool.submit(pipeline.process, s) for s in todo]
     try:
-      for future in concurrent.futures.as_completed(futures):
-        journal.append(future.result())  # an unexpected error stops the run here, journal intact
-        if bar is not None:
-          bar.update(1)
-          bar.set_postfix(kept=sum(o["status"] == "kept" for o in journal.done.values()))
+      while True:
+        while len(pending) < 2 * cfg.concurrency:
+          seed = next(queue, None)
+          if seed is None:
+            break
+          pending.add(pool.submit(pipeline.process, seed))
+        if not pending:
+          break
+        done, pending = concurrent.futures.wait(
+            pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        errors = [f.exception() for f in done if f.exception() is not None]
+        for f in done:
+          if f.exception() is None:
+            journal.append(f.result())
+            kept_so_far += f.result()["status"] == "kept"
+            if bar is not None:
+              bar.update(1)
+              bar.set_postfix(kept=kept_so_far)
+        if errors:  # an unexpected error stops the run; everything finished is journaled
+          raise errors[0]
     except BaseException:
-      for f in futures:
+      for f in pending:
         f.cancel()
       raise
     finally:
@@ -356,15 +374,14 @@ def run_generate(cfg: InstructConfig, workdir, *, backend=None,
         bar.close()
 
   outcomes = [journal.done[s.id] for s in seeds]
-  kept = [o["record"] for o in outcomes if o["status"] == "kept"]
+  kept = [o for o in outcomes if o["status"] == "kept"]
   rejected: dict[str, int] = {}
   for o in outcomes:
     if o["status"] != "kept":
       rejected[o["reason"]] = rejected.get(o["reason"], 0) + 1
   revisions: dict[str, int] = {}
-  for r in kept:
-    key = str(r["meta"]["revisions"])
-    revisions[key] = revisions.get(key, 0) + 1
+  for o in kept:
+    revisions[str(o["revisions"])] = revisions.get(str(o["revisions"]), 0) + 1
   first_runs: dict[str, int] = {}
   for o in outcomes:
     if o["verdicts"]:
@@ -375,8 +392,8 @@ def run_generate(cfg: InstructConfig, workdir, *, backend=None,
       "kept_by_revisions": dict(sorted(revisions.items())),
       "first_sandbox_run": first_runs,
       "sandbox_runs": sum(len(o["verdicts"]) for o in outcomes),
-      "difficulty": {str(d): sum(r["difficulty"] == d for r in kept)
-                     for d in sorted({r["difficulty"] for r in kept})},
+      "difficulty": {str(d): sum(o["difficulty"] == d for o in kept)
+                     for d in sorted({o["difficulty"] for o in kept})},
       "resumed": resumed, "journal_torn_lines": journal.torn_lines,
       "backend": pipeline.backend.name, "model": pipeline.backend.model,
       "seeds": seed_info, "styles": len(pipeline.blends), "config": cfg.flat(),
@@ -387,10 +404,10 @@ def run_generate(cfg: InstructConfig, workdir, *, backend=None,
     raise InstructDataError(f"{out / JOURNAL_FILE}: outcomes with unknown reasons {unknown}")
   stats["notes"] = _notes(stats)
   assert stats["input"] == stats["kept"] + sum(stats["rejected"].values()), stats
-  if kept:
-    chat_corpus.write(kept, out / CORPUS_DIR, kind="sft", overwrite=True,
-                      metadata={"source": "generate", "generator": pipeline.backend.model,
-                                "stats": STATS_FILE})
+  if kept:  # streamed from the journal, in seed order
+    chat_corpus.write(journal.records(o["seed_id"] for o in kept), out / CORPUS_DIR, kind="sft",
+                      overwrite=True, metadata={"source": "generate", "stats": STATS_FILE,
+                                                "generator": pipeline.backend.model})
   _write_atomic(out / STATS_FILE, json.dumps(stats, indent=1) + "\n")
   return stats
 

@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import threading
+from typing import Iterator
 
 FORMAT = "seedcoder-instruct-journal"
 VERSION = 1
@@ -43,12 +44,18 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 class Journal:
-  """Append-only outcomes of one run in `path`; `done` maps seed id -> its last outcome."""
+  """Append-only outcomes of one run in `path`.
+
+  `done` maps seed id -> its last outcome without the SFT record (a few hundred bytes each, so a
+  run of 100,000s of seeds fits in memory); `records(ids)` reads kept records back from the file
+  by their byte offsets, in the order asked for.
+  """
 
   def __init__(self, path, parts: dict):
     self.path = pathlib.Path(path)
     self.parts = parts
     self.done: dict[str, dict] = {}
+    self._offsets: dict[str, int] = {}
     self.torn_lines = 0
     self._lock = threading.Lock()
     header = {"journal": FORMAT, "version": VERSION, "fingerprint": fingerprint(parts),
@@ -57,45 +64,64 @@ class Journal:
       self._load(header)
     else:
       self.path.parent.mkdir(parents=True, exist_ok=True)
-      with open(self.path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(header) + "\n")
+      with open(self.path, "wb") as f:
+        f.write((json.dumps(header) + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 
+  def _remember(self, outcome: dict, offset: int) -> None:
+    self.done[outcome["seed_id"]] = {k: v for k, v in outcome.items() if k != "record"}
+    self._offsets[outcome["seed_id"]] = offset
+
   def _load(self, header: dict) -> None:
-    raw = self.path.read_bytes()
-    lines = raw.split(b"\n")
-    complete = raw.endswith(b"\n")
-    body = lines[:-1]  # the piece after the last newline is empty or torn
-    if not complete and lines[-1]:
+    torn_at = None
+    with open(self.path, "rb") as f:
+      first = f.readline()
+      if not first.endswith(b"\n"):
+        raise JournalError(f"{self.path}: no complete header line; delete the file to start over")
+      try:
+        old = json.loads(first)
+      except json.JSONDecodeError as e:
+        raise JournalError(f"{self.path}:1: the header is not JSON ({e})") from e
+      if not isinstance(old, dict) or old.get("journal") != FORMAT or old.get("version") != VERSION:
+        raise JournalError(f"{self.path}:1: not a {FORMAT} version {VERSION} journal")
+      if old.get("fingerprint") != header["fingerprint"]:
+        changes = _diff(old.get("parts", {}), header["parts"])
+        raise JournalError(
+            f"{self.path} was written under another configuration ({'; '.join(changes[:8])}); "
+            "resume with the same settings, use another workdir, or start over (--overwrite)")
+      offset = len(first)
+      for n, line in enumerate(f, start=2):
+        if not line.endswith(b"\n"):  # the process died mid-write: this line never finished
+          torn_at = offset
+          break
+        try:
+          self._remember(json.loads(line), offset)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+          raise JournalError(f"{self.path}:{n}: not an outcome line ({e})") from e
+        offset += len(line)
+    if torn_at is not None:
       self.torn_lines = 1
       with open(self.path, "r+b") as f:  # cut the torn line before appending anything
-        f.truncate(len(raw) - len(lines[-1]))
-    if not body:
-      raise JournalError(f"{self.path}: no complete header line; delete the file to start over")
-    try:
-      old = json.loads(body[0])
-    except json.JSONDecodeError as e:
-      raise JournalError(f"{self.path}:1: the header is not JSON ({e})") from e
-    if old.get("journal") != FORMAT or old.get("version") != VERSION:
-      raise JournalError(f"{self.path}:1: not a {FORMAT} version {VERSION} journal")
-    if old.get("fingerprint") != header["fingerprint"]:
-      changes = _diff(old.get("parts", {}), header["parts"])
-      raise JournalError(
-          f"{self.path} was written under another configuration ({'; '.join(changes[:8])}); "
-          "resume with the same settings, use another workdir, or start over (--overwrite)")
-    for n, line in enumerate(body[1:], start=2):
-      try:
-        outcome = json.loads(line)
-        self.done[outcome["seed_id"]] = outcome
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise JournalError(f"{self.path}:{n}: not an outcome line ({e})") from e
+        f.truncate(torn_at)
 
   def append(self, outcome: dict) -> None:
     """Writes one outcome and forces it to disk before returning."""
+    line = (json.dumps(outcome, ensure_ascii=False) + "\n").encode("utf-8")
     with self._lock:
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(outcome, ensure_ascii=False) + "\n")
+      with open(self.path, "ab") as f:
+        offset = f.tell()
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
-      self.done[outcome["seed_id"]] = outcome
+      self._remember(outcome, offset)
+
+  def records(self, seed_ids) -> Iterator[dict]:
+    """The SFT record of each of `seed_ids` (each must be kept), read back from the file."""
+    with open(self.path, "rb") as f:
+      for sid in seed_ids:
+        f.seek(self._offsets[sid])
+        record = json.loads(f.readline())["record"]
+        if record is None:
+          raise JournalError(f"{self.path}: seed {sid} was not kept; it has no record")
+        yield record
