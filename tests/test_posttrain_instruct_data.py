@@ -221,7 +221,7 @@ def test_transient_failures_are_retried_on_a_rerun(tmp_path):
 
 
 class _OpenAIServer:
-  """A local OpenAI-compatible chat endpoint answering from a Scripted plan (503 once for "fixed")."""
+  """A local OpenAI-compatible chat endpoint answering from a Scripted plan (503 once: "fixed")."""
 
   def __init__(self, plan):
     script, outer = Scripted(plan, DEFAULT), self

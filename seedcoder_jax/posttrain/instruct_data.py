@@ -38,7 +38,6 @@ SOURCES = ("generate", "problems")
 JOURNAL_FILE = "journal.jsonl"
 STATS_FILE = "stats.json"
 CORPUS_DIR = "corpus"
-_JOURNAL_FORMAT = "seedcoder-instruct-journal"
 
 
 class InstructDataError(ValueError):
@@ -110,7 +109,8 @@ class InstructConfig:
   seed: int = 0
   concurrency: int = 1
   styles_file: str = ""
-  generator: oracle_lib.OracleConfig = oracle_lib.OracleConfig(backend="sampler")
+  generator: oracle_lib.OracleConfig = oracle_lib.OracleConfig(
+      backend="sampler", max_prompt_tokens=1024, max_new_tokens=512, batch_size=1)
   seeds: SeedsConfig = SeedsConfig()
   filters: FiltersConfig = FiltersConfig()
   sandbox: SandboxConfig = SandboxConfig()
