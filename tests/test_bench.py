@@ -1,5 +1,6 @@
 """The prepared GPU check script, dry-run on CPU with the tiny shape (its GPU figures come from a
-lent device machine: `bash bench/gpu_checks.sh` there)."""
+lent device machine: `bash bench/gpu_checks.sh` there); bench/rollout.py's JSON line at a small
+shape."""
 
 import json
 import os
@@ -34,3 +35,19 @@ def test_gpu_checks_script_runs_every_check_on_cpu(tmp_path):
   assert torch_line["device"] == "cpu" and torch_line["bfloat16"]["tokens_per_s"] > 0
   trainer = lines[-1]
   assert trainer["hidden_size"] == 128 and trainer["seq_len"] == 256 and trainer["steps"] == 10
+
+
+def test_rollout_bench_prints_one_json_line():
+  env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "bench" / "rollout.py"), "--preset=tiny", "--prompts=3",
+       "--group_size=2", "--max_new_tokens=8", "--slots=4", "--chunk=4", "--prompt_len=20"],
+      env=env, check=True, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  [line] = proc.stdout.strip().splitlines()
+  result = json.loads(line)
+  assert result["hidden_size"] == 128 and result["batch_size"] == 3 and result["group_size"] == 2
+  assert result["rows"] == 6 and result["tokens"] <= 6 * 8 and result["tokens_per_s"] > 0
+  # 6 rollouts through 4 slots: one prefill per prompt, 2 slots refilled.
+  assert result["stats"]["prefills"] == 3 and result["stats"]["refills"] == 2
+  assert result["machine"]["platform"] == "cpu"

@@ -279,6 +279,8 @@ class RolloutEngine:
       raise ValueError("no params: pass them to RolloutEngine or to rollouts")
     stop_ids = frozenset(int(s) for s in stop_ids)
     kind = _kind(temperature)
+    # Short completions need no long chunk (one decode program per call shape, as the Sampler).
+    n_steps = min(self.chunk, _bucket(max_new_tokens - 1)) if max_new_tokens > 1 else 1
     self.stats = stats = RolloutStats()
     out = [[None] * group_size for _ in prompts]
     queue = [(i, g) for i in range(len(prompts)) for g in range(group_size)]
@@ -325,10 +327,10 @@ class RolloutEngine:
           prefilled = {i: w for i, w in prefilled.items() if i == head}
         if not any(s is not None for s in slots):
           continue
-        state, tokens_BN, logprobs_BN = _decode(params, state, cfg=self.cfg, n_steps=self.chunk,
+        state, tokens_BN, logprobs_BN = _decode(params, state, cfg=self.cfg, n_steps=n_steps,
                                                 kind=kind)
         stats.decode_chunks += 1
-        stats.decode_steps += self.chunk
+        stats.decode_steps += n_steps
         tokens_BN, logprobs_BN = np.asarray(tokens_BN), np.asarray(logprobs_BN)
         for b, s in enumerate(slots):
           if s is not None:
