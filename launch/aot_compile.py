@@ -12,6 +12,11 @@ than the chip has, and 2 on a setup error.
   python launch/aot_compile.py --config=configs/pretrain.py:8b --topology=v5p-128
   python launch/aot_compile.py --preset=seed_coder_8b --topology=v6e-256 --seq_len=8192 \
       --mesh=fsdp:-1,tensor:1 --remat=full --grad_accum_steps=1
+  # post-training steps: the config's trainer picks the objective and the batch
+  python launch/aot_compile.py --config=configs/dpo.py:8b --topology=v5p-128   # policy chosen +
+                               # rejected rows at 8K (the reference log-probs are precomputed)
+  python launch/aot_compile.py --config=configs/rl.py:8b --topology=v5p-128    # one GRPO update:
+                               # batch x G / mini_batches rows of the last stage, at data.seq_len
 
 Topologies: Cloud TPU names (v5p-128 = 64 chips: v5p-N counts TensorCores, v5e-N/v6e-N count chips)
 or libtpu strings (v5p:4x4x4); v4 is not supported (libtpu describes it per TensorCore). Flags
@@ -54,13 +59,37 @@ _TIMEOUT = flags.DEFINE_float("topology_timeout_s", 120.0, "give up if libtpu ha
                               "topology after this many seconds.")
 
 
+def post_training_fields(config_arg: str) -> dict:
+  """AotSpec fields of a post-training config (config.trainer dpo | rl): its objective, the rows
+  of one update and their length; {} for pretraining and SFT (the next-token loss)."""
+  config = aot.load_config_file(config_arg)
+  trainer = config.get("trainer", "pretrain") if hasattr(config, "get") else "pretrain"
+  tree = config.to_dict()
+  if trainer == "dpo":
+    from seedcoder_jax.posttrain import dpo_train  # pylint: disable=g-import-not-at-top
+    cfg, dpo, _ = dpo_train.config_from_tree(tree)
+    return {"objective": dpo_train.dpo_objective(dpo), "rows_per_example": 2,
+            "batch_size": cfg.batch_size}
+  if trainer == "rl":
+    from seedcoder_jax.posttrain import rl, rl_config  # pylint: disable=g-import-not-at-top
+    cfg, rl_cfg, _ = rl_config.config_from_tree(tree)
+    group = max(s.group_size for s in rl_cfg.stages)
+    return {"objective": rl.rl_objective(rl_cfg),
+            "batch_size": cfg.batch_size * group // rl_cfg.mini_batches}
+  return {}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     topology = aot.parse_topology(_TOPOLOGY.value)
+    post = post_training_fields(_CONFIG.value) if _CONFIG.value else {}
+    if _BATCH.value is not None:
+      post.pop("batch_size", None)
     spec = aot.build_spec(
-        config=_CONFIG.value, preset=_PRESET.value, seq_len=_SEQ.value, batch_size=_BATCH.value,
+        config=_CONFIG.value, preset=_PRESET.value, seq_len=_SEQ.value,
+        batch_size=_BATCH.value or post.pop("batch_size", None), **post,
         mesh=aot.parse_mesh(_MESH.value) if _MESH.value else None,
         grad_accum_steps=_ACCUM.value,
         model_overrides={"remat": _REMAT.value, "compute_dtype": _DTYPE.value,

@@ -175,6 +175,10 @@ class AotSpec:
   grad_accum_steps: int = 1
   z_loss: float = 0.0
   opt: optimizer_lib.OptimizerConfig = optimizer_lib.OptimizerConfig()
+  # What the step minimises (None: the next-token loss) and how many batch rows one batch_size
+  # unit is (DPO: a pair is 2 rows). Post-training's entry points build these (launch/aot_compile).
+  objective: Any = None
+  rows_per_example: int = 1
 
 
 # Presets describe the architecture; pretraining at scale runs with these numerics.
@@ -323,13 +327,15 @@ def _compile(model: ModelConfig, spec: AotSpec, mesh, batch_size: int, log: list
   optimizer = optimizer_lib.make_optimizer(spec.opt)
   # The shardings are built outside the mesh context: optax evaluates a placeholder init eagerly,
   # which must run on the host CPU, not on the compile-only TPU devices of the active mesh.
-  step_fn = step_lib.jit_train_step(model, optimizer, mesh, z_loss=spec.z_loss,
-                                    grad_accum_steps=spec.grad_accum_steps)
+  objective = spec.objective or step_lib.lm_objective(spec.z_loss)
+  step_fn = step_lib.jit_train_step(model, optimizer, mesh, grad_accum_steps=spec.grad_accum_steps,
+                                    objective=objective)
   state = _with_sharding(step_lib.abstract_state(model, optimizer),
                          step_lib.state_shardings(model, optimizer, mesh))
-  batch_sh = sharding_lib.batch_sharding(mesh)
-  batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sh),
-                       step_lib.abstract_batch(batch_size, spec.seq_len))
+  batch = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                     sharding=sharding_lib.batch_sharding(mesh, len(a.shape))),
+      objective.batch_shapes(batch_size, spec.seq_len))
   t0 = time.perf_counter()
   # Kernels that pick an implementation per platform (splash: Pallas TPU vs interpret mode) must
   # see the target's platform, not this CPU host's.
@@ -368,7 +374,7 @@ def compile_train_step(spec: AotSpec, topology: Topology, *, timeout_s: float = 
   batch_size = spec.batch_size or batch_ways * spec.grad_accum_steps
   if batch_size % spec.grad_accum_steps:
     raise AotError(f"batch_size={batch_size} is not divisible by grad_accum_steps={spec.grad_accum_steps}")
-  micro_batch = batch_size // spec.grad_accum_steps
+  micro_batch = batch_size * spec.rows_per_example // spec.grad_accum_steps
   sharding_lib.check_params_fit(spec.model, mesh)
   sharding_lib.check_batch_fits(micro_batch, mesh)
   if spec.seq_len > spec.model.max_seq_len:
@@ -388,10 +394,12 @@ def compile_train_step(spec: AotSpec, topology: Topology, *, timeout_s: float = 
       "attention_impl": spec.model.attention_impl,
       "scan_layers": spec.model.scan_layers,
       "loss_chunk": spec.model.loss_chunk,
+      "trainer": (spec.objective.name if spec.objective is not None else "lm"),
       "batch_size": batch_size,
+      "batch_rows": batch_size * spec.rows_per_example,
       "seq_len": spec.seq_len,
       "grad_accum_steps": spec.grad_accum_steps,
-      "tokens_per_step": batch_size * spec.seq_len,
+      "tokens_per_step": batch_size * spec.rows_per_example * spec.seq_len,
   }
   where = f"{topology.generation} has {topology.hbm_bytes_per_chip / GIB:.0f} GiB per chip"
   advice = _advice(spec, mesh_sizes, micro_batch // batch_ways)
@@ -423,7 +431,8 @@ def compile_train_step(spec: AotSpec, topology: Topology, *, timeout_s: float = 
     compiled2, _, exact_s = _compile(two, spec, mesh, batch_size, log)
     all_layers = xla_flops + (spec.model.n_layers - 1) * (_flops(compiled2) - xla_flops)
     del compiled2
-  estimate = spec.model.flops_per_token(spec.seq_len) * batch_size * spec.seq_len
+  estimate = (spec.model.flops_per_token(spec.seq_len) * batch_size * spec.rows_per_example
+              * spec.seq_len)
   xla_global = None if all_layers is None else all_layers * n_devices
   report.update({
       "argument_bytes": mem.argument_size_in_bytes,

@@ -181,3 +181,34 @@ def test_step_that_exceeds_hbm_is_refused():
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["fits"] is False and report["total_bytes_per_device"] > 16 * 2 ** 30
   assert report["model"]["hidden_size"] == 128 and report["batch_size"] == 8192
+
+
+_POST_CONFIG = '''
+from seedcoder_jax import config_files
+
+
+def get_config(arg):
+  c = config_files.load("{root}/configs/" + arg + ".py:demo")
+  c.model.update(preset="tiny", max_seq_len=512)
+  c.init.update(kind="gguf", path="")
+  c.mesh.update(data=1, fsdp=4, tensor=2)
+  c.data.update(batch_size=4, seq_len=128)
+  if arg == "rl":
+    c.rl.stages = ((1, 64, 4),)
+    c.rl.mini_batches = 2
+  return c
+'''
+
+
+@needs_libtpu
+@pytest.mark.parametrize("trainer, rows", [("dpo", 8), ("rl", 8)])
+def test_post_training_steps_compile_for_v5e_8(tmp_path, trainer, rows):
+  """The DPO step (chosen + rejected rows) and the GRPO update (batch x G / mini_batches rows)
+  compile through the same tool, picked by the config's trainer."""
+  (tmp_path / "post.py").write_text(_POST_CONFIG.format(root=ROOT))
+  result = _run_tool(f"--config={tmp_path / 'post.py'}:{trainer}", "--topology=v5e-8",
+                     "--noexact_flops")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["trainer"] == {"dpo": "dpo", "rl": "grpo"}[trainer]
+  assert report["batch_rows"] == rows and report["seq_len"] == 128 and report["fits"] is True

@@ -40,6 +40,11 @@ def read_metrics(workdir) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# What a log line shows, when present (post-training adds its headline metrics).
+ECHO_KEYS = ("loss", "eval_loss", "rewards/accuracies", "eval_rewards/accuracies", "pass_rate",
+             "reward_mean", "eval_pass_rate", "grad_norm", "lr", "tokens_per_s", "mfu")
+
+
 class MetricWriter:
   """metrics.jsonl + TensorBoard + tqdm, all on process 0; no-ops elsewhere."""
 
@@ -69,12 +74,12 @@ class MetricWriter:
       if isinstance(v, (int, float)) and math.isfinite(float(v)):
         self._tb.add_scalar(k, float(v), step)
     if self._bar is not None:
-      self._bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "eval_loss", "tokens_per_s")
+      self._bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "eval_loss", "pass_rate",
+                                                          "eval_pass_rate", "tokens_per_s")
                              if isinstance(row.get(k), float)}, refresh=False)
     elif echo:
       shown = " ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
-                       for k in ("loss", "eval_loss", "grad_norm", "lr", "tokens_per_s", "mfu")
-                       if k in row)
+                       for k in ECHO_KEYS if k in row)
       print(f"step {step}: {shown}", flush=True)
 
   def advance(self, step: int) -> None:
