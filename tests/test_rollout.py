@@ -11,7 +11,7 @@ from numerics import assert_close_to_scale
 from seedcoder_jax import model as model_lib
 from seedcoder_jax import posttrain
 from seedcoder_jax import sharding as sharding_lib
-from seedcoder_jax.sampling import RolloutEngine, Sampler, SamplingParams
+from seedcoder_jax.sampling import RolloutEngine, Sampler, SamplingParams, ops
 from seedcoder_jax.sampling import rollout as rollout_lib
 
 CFG = model_lib.preset("tiny")
@@ -72,6 +72,26 @@ def test_logprobs_equal_token_logprobs(params, prompts, wide):
   cold = engine.rollouts(prompts[:2], group_size=2, max_new_tokens=12, temperature=0.6, seed=1)
   for r, w in zip(_flat(cold), _token_logprobs(CFG, params, prompts[:2], cold, 0.6)):
     assert_close_to_scale(r.logprobs, w, terms=CFG.vocab_size)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_inverse_cdf_sampling_frequencies(temperature):
+  # 300 tokens in blocks of 64 (the last one padded): mass in the first and last tokens, in
+  # several blocks, and whole blocks of probability 0, which must never be drawn.
+  v, n = 300, 20_000
+  probs = np.zeros(v)
+  probs[[0, 5, 70, 71, 200, 299]] = [0.3, 0.1, 0.25, 0.05, 0.2, 0.1]
+  logits = np.where(probs > 0, np.log(np.maximum(probs, 1e-30)), -1e9).astype(np.float32)
+  keys = jax.random.split(jax.random.key(0), n)
+  tokens, logprobs = jax.jit(ops.sample_inverse_cdf, static_argnames="block")(
+      np.tile(logits, (n, 1)), keys, temperature=temperature, block=64)
+  expected = probs ** (1 / temperature)
+  expected /= expected.sum()
+  freq = np.bincount(np.asarray(tokens), minlength=v) / n
+  assert set(np.flatnonzero(freq)) == set(np.flatnonzero(expected))
+  np.testing.assert_allclose(freq, expected, atol=0.015)
+  # float32 against float64 over 300 entries of |logp| <= ~3: a few ulps.
+  np.testing.assert_allclose(np.asarray(logprobs), np.log(expected)[np.asarray(tokens)], atol=1e-5)
 
 
 def test_stops_and_lengths(wide):

@@ -81,9 +81,11 @@ def _kind(temperature):
 
 
 def _select(logits_BV, keys_B, step_B, temperature, kind):
-  """Plain temperature sampling (or greedy) through ops.select with no filter and no penalty."""
+  """Plain temperature sampling (one uniform per row, ops.sample_inverse_cdf) or greedy."""
   b, v = logits_BV.shape
   step_keys_B = jax.vmap(jax.random.fold_in)(keys_B, step_B)
+  if kind == "sample":
+    return ops.sample_inverse_cdf(logits_BV, step_keys_B, temperature=temperature)
   return ops.select(
       logits_BV, step_keys_B, temperature_B=jnp.full((b,), temperature, jnp.float32),
       top_k_B=jnp.zeros((b,), jnp.int32), top_p_B=jnp.ones((b,), jnp.float32),
