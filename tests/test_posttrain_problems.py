@@ -177,3 +177,40 @@ def test_entry_point_writes_the_set(tmp_path):
   line = json.loads(out.stdout.strip().splitlines()[-1])
   assert line["input"] == 3 == line["kept"] + sum(line["rejected"].values())
   assert len(problem_set.load(tmp_path)) == line["kept"]
+
+
+def test_synthetic_source_builds_a_checked_set_through_the_entry_point(tmp_path):
+  """--source=synthetic: templated tasks (problem_sources.py), checked like CodeI/O's."""
+  from seedcoder_jax.posttrain import problem_sources
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run(
+      [sys.executable, str(root / "data" / "make_problems.py"), f"--output={tmp_path}",
+       "--source=synthetic", "--limit=12", "--heldout_fraction=0.5", "--workers=2"],
+      capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      cwd=root)
+  assert out.returncode == 0, out.stderr[-2000:]
+  stats = json.loads((tmp_path / "stats.json").read_text())
+  assert stats["input"] == 12 == stats["kept"] + sum(stats["rejected"].values())
+  assert set(stats["rejected"]) <= set(problem_sources.REASONS)
+  kept = problem_set.load(tmp_path)
+  assert len(kept) == stats["kept"] >= 10 and stats["source"] == problem_sources.SOURCE
+  assert stats["splits"] == {s: sum(p.split == s for p in kept) for s in problems.SPLITS}
+  assert all(p.split == problems.split_of(p.id, 0.5) for p in kept)
+  templates = problem_sources.templates()
+  assert len(templates) >= 300
+  assert len({problem_sources.problem_id(t) for t in templates}) >= 290  # few duplicates
+  for p, t in zip(kept, [t for t in templates[:12]
+                         if problem_sources.problem_id(t) in {p.id for p in kept}]):
+    assert p.id == problem_sources.problem_id(t) and p.reference == t.reference
+    assert p.prompt.endswith(problem_sources.REPLY_FORMAT) and "main_solution(" in p.prompt
+    assert len(p.tests) == 5 and len({json.dumps(o) for _, o in p.tests}) > 1
+    # The prompt's example is an extra input, not one of the tests.
+    example = p.prompt.split("Example: `main_solution(")[1].split(")` returns")[0]
+    assert all(example != ", ".join(f"{k}={v!r}" for k, v in kw.items()) for kw, _ in p.tests)
+  # The tests' inputs come from a fixed seed: the same on a second run, in-process.
+  again = problem_sources._run_reference(templates[0], kept[0].id, 0, 5)[2]
+  assert [tuple(t) for t in again] == list(kept[0].tests)
+  wrong = "def main_solution(**kwargs):\n    return None\n"
+  verdicts = problems.check([(p, p.reference) for p in kept] + [(p, wrong) for p in kept],
+                            workers=2)
+  assert [v.passed for v in verdicts] == [True] * len(kept) + [False] * len(kept)

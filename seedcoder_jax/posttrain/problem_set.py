@@ -6,6 +6,8 @@ sealed test path) and returns the kept problems with stats that account for ever
 `input == kept + sum(rejected.values())`. `build(out_dir, ...)` writes `problems.jsonl` and
 `stats.json` under temporary names and renames them at the end, so a directory holds a whole set
 or none; `load(out_dir)` reads it back with errors naming the file and line.
+`build(..., source="synthetic")` writes the same files from problem_sources.py's templated tasks
+instead (the RL demo's set).
 """
 
 from __future__ import annotations
@@ -108,23 +110,41 @@ def _write_atomic(path: pathlib.Path, text: str):
   os.replace(tmp, path)
 
 
-def build(out_dir, *, limit: Optional[int] = None, seed: int = 0, heldout_fraction: float = 0.1,
-          workers: int = 2, n_tests: int = 5, data_dir=None, **kwargs) -> dict:
-  """Writes OUT/problems.jsonl and OUT/stats.json from the first `limit` CodeI/O entries.
+SOURCES = ("codeio", "synthetic")
+
+
+def build(out_dir, *, limit: Optional[int] = None, seed: int = 0,
+          heldout_fraction: Optional[float] = None, workers: int = 2, n_tests: int = 5,
+          data_dir=None, source: str = "codeio", **kwargs) -> dict:
+  """Writes OUT/problems.jsonl and OUT/stats.json from the first `limit` candidates of `source`.
+
+  source: "codeio" (reasoning-gym's CodeI/O entries, make_problems) or "synthetic"
+  (problem_sources.make_problems: templated tasks SmolLM2-135M already solves sometimes).
+  heldout_fraction: default 0.1 for codeio, 0.25 for synthetic (>= 64 held-out problems).
 
   problems.jsonl is renamed into place before stats.json, and stats.json is what marks a finished
   set (removed first): an interrupted build leaves no stats.json, and load() refuses the directory.
   Returns the stats.
   """
+  if source not in SOURCES:
+    raise ValueError(f"source={source!r}: expected one of {SOURCES}")
+  if heldout_fraction is None:
+    heldout_fraction = 0.25 if source == "synthetic" else 0.1
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   # An older set's stats must not vouch for a problems file this build may half replace.
   (out / STATS_FILE).unlink(missing_ok=True)
-  entries = P.load_codeio(data_dir)
-  if limit is not None:
-    entries = entries[:limit]
-  kept, stats = make_problems(entries, seed=seed, n_tests=n_tests,
-                              heldout_fraction=heldout_fraction, workers=workers, **kwargs)
+  if source == "synthetic":
+    from seedcoder_jax.posttrain import problem_sources
+    kept, stats = problem_sources.make_problems(seed=seed, n_tests=n_tests, limit=limit,
+                                                heldout_fraction=heldout_fraction,
+                                                workers=workers, **kwargs)
+  else:
+    entries = P.load_codeio(data_dir)
+    if limit is not None:
+      entries = entries[:limit]
+    kept, stats = make_problems(entries, seed=seed, n_tests=n_tests,
+                                heldout_fraction=heldout_fraction, workers=workers, **kwargs)
   stats["limit"] = limit
   lines = [json.dumps({f: getattr(p, f) for f in _FIELDS}) for p in kept]
   _write_atomic(out / PROBLEMS_FILE, "".join(line + "\n" for line in lines))
