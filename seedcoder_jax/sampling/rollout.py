@@ -21,9 +21,11 @@ unchanged (no per-row scatter). A rollout admitted when the step counter is s ha
 s+k mod C; it feeds at most max_new_tokens - 1 tokens, so T + max_new_tokens - 1 <= C keeps its
 own prompt from being overwritten while it lives. Attention reads keys through the per-row
 `valid` mask with explicit RoPE positions, so where a key sits in the row does not matter.
+An admission rewrites the admitted rows with one select over the cache (about one decode step's
+cache traffic), at most once per chunk.
 
-Randomness: rollout (i, g) draws its k-th token from fold_in(fold_in(fold_in(key(seed), i), g), k),
-so the samples do not depend on the slot count or the admission order (only float32 summation
+Randomness: rollout (i, g) draws its k-th token from fold_in(fold_in(fold_in(key(seed), i), g), k)
+(one uniform per row, the CDF inverted: `ops.sample_inverse_cdf`), so the samples do not depend on the slot count or the admission order (only float32 summation
 order does: the tests hold tokens equal and log-probs to float32 tolerance).
 
 Log-probs: log softmax(logits / temperature) of each sampled token, the distribution sampled
