@@ -25,8 +25,9 @@ An admission rewrites the admitted rows with one select over the cache (about on
 cache traffic), at most once per chunk.
 
 Randomness: rollout (i, g) draws its k-th token from fold_in(fold_in(fold_in(key(seed), i), g), k)
-(one uniform per row, the CDF inverted: `ops.sample_inverse_cdf`), so the samples do not depend on the slot count or the admission order (only float32 summation
-order does: the tests hold tokens equal and log-probs to float32 tolerance).
+(one uniform per row, the CDF inverted: `ops.sample_inverse_cdf`), so the samples do not depend
+on the slot count or the admission order (only float32 summation order does: the tests hold
+tokens equal and log-probs to float32 tolerance).
 
 Log-probs: log softmax(logits / temperature) of each sampled token, the distribution sampled
 from (plain temperature sampling: no top-k, top-p or penalty, so the policy-gradient ratio against
@@ -317,9 +318,9 @@ class RolloutEngine:
               stats.refills += used[b]
               used[b] = True
               slots[b] = _Slot(i, g)
-            state, token_B, logprob_B = _admit(
-                state, batch["logits"], batch["cache"], *self._place((src, prompt_i, sample_g, length)),
-                jnp.asarray(seed, jnp.uint32), kind=kind)
+            rows_B = self._place((src, prompt_i, sample_g, length))
+            state, token_B, logprob_B = _admit(state, batch["logits"], batch["cache"], *rows_B,
+                                               jnp.asarray(seed, jnp.uint32), kind=kind)
             token_B, logprob_B = np.asarray(token_B), np.asarray(logprob_B)
             for i, g, b in rows:
               slots[b].add(int(token_B[b]), float(logprob_B[b]), stop_ids, max_new_tokens)
