@@ -45,7 +45,7 @@ def base(sft_variant: str) -> ml_collections.ConfigDict:
 
 def demo(c):
   c.init.path = "workdir/sft"
-  c.data.update(batch_size=4, seq_len=512)
+  c.data.update(batch_size=4, seq_len=512)  # 4 pairs = 8 rows
   c.opt.update(peak_lr=5e-6, end_lr=5e-7, warmup_steps=2, total_steps=30, schedule="cosine",
                weight_decay=0.0)
   c.ckpt.every_steps = 10

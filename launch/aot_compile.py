@@ -15,8 +15,9 @@ than the chip has, and 2 on a setup error.
   # post-training steps: the config's trainer picks the objective and the batch
   python launch/aot_compile.py --config=configs/dpo.py:8b --topology=v5p-128   # policy chosen +
                                # rejected rows at 8K (the reference log-probs are precomputed)
-  python launch/aot_compile.py --config=configs/rl.py:8b --topology=v5p-128    # one GRPO update:
-                               # batch x G / mini_batches rows of the last stage, at data.seq_len
+  python launch/aot_compile.py --config=configs/rl.py:8b --topology=v5p-128 --seq_len=17408
+                               # one GRPO update of stage 0: batch x G / mini_batches rows (16K
+                               # completions + a 1K prompt budget)
 
 Topologies: Cloud TPU names (v5p-128 = 64 chips: v5p-N counts TensorCores, v5e-N/v6e-N count chips)
 or libtpu strings (v5p:4x4x4); v4 is not supported (libtpu describes it per TensorCore). Flags
@@ -59,6 +60,10 @@ _TIMEOUT = flags.DEFINE_float("topology_timeout_s", 120.0, "give up if libtpu ha
                               "topology after this many seconds.")
 
 
+_RL_STAGE = flags.DEFINE_integer("rl_stage", 0, "RL configs: the progressive stage whose group size "
+                                 "sets the update's rows (batch x G / mini_batches).")
+
+
 def post_training_fields(config_arg: str) -> dict:
   """AotSpec fields of a post-training config (config.trainer dpo | rl): its objective, the rows
   of one update and their length; {} for pretraining and SFT (the next-token loss)."""
@@ -73,7 +78,9 @@ def post_training_fields(config_arg: str) -> dict:
   if trainer == "rl":
     from seedcoder_jax.posttrain import rl, rl_config  # pylint: disable=g-import-not-at-top
     cfg, rl_cfg, _ = rl_config.config_from_tree(tree)
-    group = max(s.group_size for s in rl_cfg.stages)
+    if not 0 <= _RL_STAGE.value < len(rl_cfg.stages):
+      raise aot.AotError(f"--rl_stage={_RL_STAGE.value}: the config has {len(rl_cfg.stages)} stages")
+    group = rl_cfg.stages[_RL_STAGE.value].group_size
     return {"objective": rl.rl_objective(rl_cfg),
             "batch_size": cfg.batch_size * group // rl_cfg.mini_batches}
   return {}

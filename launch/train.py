@@ -19,6 +19,7 @@ TRAINERS = {
     "pretrain": "seedcoder_jax.train.trainer:run",
     "sft": "seedcoder_jax.posttrain.sft:run",
     "dpo": "seedcoder_jax.posttrain.dpo_train:run",
+    "rl": "seedcoder_jax.posttrain.rl:run",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/FILE.py:VARIANT",

@@ -103,6 +103,13 @@ def _prefill(params, tokens_PT, segment_ids_PT, positions_PT, *, cfg):
   return logits_PV, cache
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def _empty_cache(shape, dtype):
+  """An all-invalid cache [L, B, C, K, Dh] made on the devices under its logical sharding."""
+  return kv_cache.constrain({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                             "valid": jnp.zeros(shape[1:3], bool)})
+
+
 @functools.partial(jax.jit, static_argnames=("kind",), donate_argnums=(0,))
 def _admit(state, logits_PV, prompt, src_B, prompt_B, sample_B, length_B, seed, *, kind):
   """Places prompt `src_B[b]` (-1: leave the row alone) into row b and samples its first token.
@@ -239,12 +246,13 @@ class RolloutEngine:
     c, b, cfg = self.max_len, self.slots, self.cfg
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     shape = (cfg.n_layers, b, c, cfg.n_kv_heads, cfg.head_dim)
-    rows = self._place({"k": np.zeros(shape, dtype), "v": np.zeros(shape, dtype),
-                        "valid": np.zeros((b, c), bool), "token": np.zeros(b, np.int32),
+    # The cache's rows are its axis 1 ([L, B, C, K, Dh]): it is made on the devices under its
+    # own logical sharding, not placed as a batch (whose rows are axis 0).
+    cache = _empty_cache(shape, jnp.dtype(dtype))
+    rows = self._place({"token": np.zeros(b, np.int32),
                         "position": np.zeros(b, np.int32), "step": np.zeros(b, np.int32),
                         "keys": np.zeros((b, *jax.random.key_data(jax.random.key(0)).shape),
                                          np.uint32)})
-    cache = {k: rows.pop(k) for k in ("k", "v", "valid")}
     return dict(rows, cache=cache, keys=jax.random.wrap_key_data(rows["keys"]),
                 index=jnp.zeros((), jnp.int32), temperature=jnp.asarray(temperature, jnp.float32))
 
