@@ -166,7 +166,7 @@ def _config(root, steps=3):
   c.model.update(preset="tiny", **SHAPE)
   c.init.update(kind="orbax", path=str(root / "init"))
   c.rl.update(problems=str(root / "problems"), stages=((steps, 12, 2),), rollout_slots=8,
-              eval_every=2, dynamic_sampling=False, temperature=1.0)
+              eval_every=2, dynamic_sampling=False, temperature=1.0, mini_batches=1)
   c.data.update(batch_size=4, seq_len=256)
   c.mesh.update(data=2, fsdp=4)
   c.ckpt.update(every_steps=1, async_save=False)

@@ -31,7 +31,7 @@ from seedcoder_jax.posttrain import chat_corpus
 from seedcoder_jax.posttrain import problem_set
 from seedcoder_jax.posttrain import problems as problems_lib
 from seedcoder_jax.posttrain.chat_template import ChatRenderer
-from seedcoder_jax.posttrain.instruct_prompts import python_code
+from seedcoder_jax.posttrain.problems import python_code
 
 STATS_FILE = "stats.json"
 CORPUS_DIR = "corpus"

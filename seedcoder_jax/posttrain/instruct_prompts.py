@@ -25,6 +25,7 @@ import warnings
 from typing import Optional
 
 from seedcoder_jax.curation import oracle as oracle_lib
+from seedcoder_jax.posttrain.problems import python_code  # pylint: disable=unused-import
 
 DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "data"
 DEFAULT_STYLES = DATA_DIR / "instruct_styles.json"
@@ -114,8 +115,6 @@ def fill(template: str, **fields: str) -> list[dict]:
 # A bare word without '#', '**' or ':' is no heading ("Response time matters" is text).
 _HEADING = re.compile(r"^[ \t]*(#{1,4}[ \t]*)?(\*\*)?[ \t]*(instruction|response|tests?)[ \t]*"
                       r"(\*\*)?[ \t]*(:)?[ \t]*(\*\*)?[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_PYTHON_TAGS = ("", "python", "py", "python3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,14 +142,6 @@ def sections(text: str) -> dict[str, str]:
     body = text[m.end():nxt[0].start() if nxt else len(text)]
     out.setdefault(name, (rest + body).strip())
   return out
-
-
-def python_code(text: str) -> Optional[str]:
-  """The first fenced python (or untagged) code block of `text`, else None."""
-  for m in _FENCE.finditer(text):
-    if m.group(1).lower() in _PYTHON_TAGS and m.group(2).strip():
-      return m.group(2).strip("\n") + "\n"
-  return None
 
 
 def _parses(code: str) -> Optional[ast.Module]:

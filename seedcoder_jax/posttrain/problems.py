@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import pathlib
+import re
 import sys
 import warnings
 from typing import Any, Optional, Sequence
@@ -267,6 +268,19 @@ def _sc_same(got, want):
             all(_sc_same(got[k], want[k]) for k in want))
   return type(got) is type(want) and got == want
 '''
+
+
+# A fenced code block: its tag and body; an unclosed fence runs to the end of the text.
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = ("", "python", "py", "python3")
+
+
+def python_code(text: str) -> Optional[str]:
+  """The first fenced python (or untagged) code block of `text`, else None."""
+  for m in _FENCE.finditer(text):
+    if m.group(1).lower() in _PYTHON_TAGS and m.group(2).strip():
+      return m.group(2).strip("\n") + "\n"
+  return None
 
 
 def program(problem: Problem, completion_code: str) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """Rewards of RL rollouts: the reply's code against the problem's tests in the sandbox.
 
-Per rollout: the first Python code block of the decoded reply (instruct_prompts.python_code) runs
+Per rollout: the first Python code block of the decoded reply (problems.python_code) runs
 against the problem's tests through problems.check, the sealed path evaluation uses (an early
 `sys.exit(0)` is not a pass). reward = 1 when it passed, else 0; a reply without a code block is
 a format error (reward 0, flagged). DAPO's soft overlong penalty (optional) subtracts
@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from seedcoder_jax.posttrain import problems as problems_lib
-from seedcoder_jax.posttrain.instruct_prompts import python_code
+from seedcoder_jax.posttrain.problems import python_code
 
 
 @dataclasses.dataclass
