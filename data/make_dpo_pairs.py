@@ -3,7 +3,7 @@ r"""On-policy DPO pairs from a policy and a problem set (posttrain.dpo_pairs).
   python data/make_dpo_pairs.py --policy=workdir:workdir/sft --problems=workdir/problems \
       --split=train --output=workdir/dpo_pairs --samples_per_prompt=8 --temperature=0.8
 
-Samples N replies per problem from the policy (the KV-cache sampler), runs each reply's first
+Samples N replies per problem from the policy (the rollout engine), runs each reply's first
 Python code block against the problem's tests in the sandbox (sealed verdicts: an early exit is
 not a pass), and pairs a passing with a failing reply of the same prompt. Writes OUT/corpus (a
 chat corpus of kind "pairs") and OUT/stats.json (every prompt kept or rejected as all_pass /
@@ -29,7 +29,7 @@ _HELP = {
     "max_new_tokens": "reply length limit",
     "system_prompt": "system message of the chat prompt (as in SFT)",
     "template_file": "Jinja chat template overriding the tokenizer's own",
-    "batch_size": "sampler rows per compiled batch",
+    "batch_size": "decode rows (slots) of the rollout engine",
     "workers": "parallel sandbox runs",
     "seed": "sampling and pairing seed",
 }
@@ -40,7 +40,6 @@ for _name, _f in _FIELDS.items():
              float: flags.DEFINE_float}[type(_default) if _default is not None else str]
   _FLAGS[_name] = _define(_name, _default, _HELP[_name], required=_default is None)
 _OUTPUT = flags.DEFINE_string("output", None, "directory for corpus/ and stats.json", required=True)
-_PROGRESS = flags.DEFINE_bool("progress", True, "progress bar while sampling")
 
 
 def main(argv):
@@ -50,7 +49,7 @@ def main(argv):
     cfg = dpo_pairs.PairsConfig(**{k: f.value for k, f in _FLAGS.items()})
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  stats = dpo_pairs.build(cfg, _OUTPUT.value, progress=_PROGRESS.value)
+  stats = dpo_pairs.build(cfg, _OUTPUT.value)
   print(json.dumps({k: stats[k] for k in ("input", "kept", "rejected", "pairs", "samples",
                                           "sample_pass_rate")}))
 

@@ -16,6 +16,7 @@ than the chip has, and 2 on a setup error.
   python launch/aot_compile.py --config=configs/dpo.py:8b --topology=v5p-128   # policy chosen +
                                # rejected rows at 8K (the reference log-probs are precomputed)
   python launch/aot_compile.py --config=configs/rl.py:8b --topology=v5p-128 --seq_len=17408
+  python launch/aot_compile.py --config=configs/rl.py:8b --topology=v5p-128 --seq_len=17408 --decode
                                # one GRPO update of stage 0: batch x G / mini_batches rows (16K
                                # completions + a 1K prompt budget)
 
@@ -24,6 +25,7 @@ or libtpu strings (v5p:4x4x4); v4 is not supported (libtpu describes it per Tens
 given explicitly override the --config file's values.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -60,6 +62,9 @@ _TIMEOUT = flags.DEFINE_float("topology_timeout_s", 120.0, "give up if libtpu ha
                               "topology after this many seconds.")
 
 
+_DECODE = flags.DEFINE_bool("decode", False, "RL configs: compile the rollout engine's decode chunk "
+                            "(config.rl.rollout_slots rows over a --seq_len (default data.seq_len) "
+                            "column KV cache) instead of the update step.")
 _RL_STAGE = flags.DEFINE_integer("rl_stage", 0, "RL configs: the progressive stage whose group size "
                                  "sets the update's rows (batch x G / mini_batches).")
 
@@ -101,8 +106,18 @@ def main(argv):
         grad_accum_steps=_ACCUM.value,
         model_overrides={"remat": _REMAT.value, "compute_dtype": _DTYPE.value,
                          "attention_impl": _ATTN.value})
-    report = aot.compile_train_step(spec, topology, timeout_s=_TIMEOUT.value,
-                                    exact_flops=_EXACT.value)
+    if _DECODE.value:
+      from seedcoder_jax import aot_rollout  # pylint: disable=g-import-not-at-top
+      config = aot.load_config_file(_CONFIG.value) if _CONFIG.value else None
+      if config is None or config.get("trainer") != "rl":
+        raise aot.AotError("--decode needs an RL config (config.trainer='rl')")
+      report = aot_rollout.compile_decode_chunk(
+          dataclasses.replace(spec, objective=None), topology,
+          slots=int(config.rl.rollout_slots), cache_len=_SEQ.value or int(config.data.seq_len),
+          timeout_s=_TIMEOUT.value)
+    else:
+      report = aot.compile_train_step(spec, topology, timeout_s=_TIMEOUT.value,
+                                      exact_flops=_EXACT.value)
   except aot.DoesNotFit as e:
     print(aot.to_json_line(e.report), flush=True)
     print(f"aot_compile: {e}", file=sys.stderr)

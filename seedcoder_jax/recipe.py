@@ -3,7 +3,7 @@
 A stage is a function (options: dict, stage_dir: Path, workdir: Path) -> summary dict. It is
 skipped when its `DONE.json` exists (written last, so a killed stage simply runs again), which
 makes `launch/recipe.py` resumable. Stages read earlier stages' outputs by path under the workdir.
-Later issues add curation, pretraining, post-training and evaluation stages to STAGES.
+Post-training's stages live in recipe_posttrain.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Callable
 
 import jax
 import numpy as np
+
+from seedcoder_jax import recipe_posttrain
 
 DONE = "DONE.json"
 Stage = Callable[[dict, pathlib.Path, pathlib.Path], dict]
@@ -153,6 +155,7 @@ STAGES: dict[str, Stage] = {
     "pretrain_phase2": pretrain_phase2,
     "evaluate": evaluate,
 }
+STAGES.update(recipe_posttrain.STAGES)
 
 
 def run(stages: list[str], options: dict[str, dict], workdir) -> dict:

@@ -212,3 +212,18 @@ def test_post_training_steps_compile_for_v5e_8(tmp_path, trainer, rows):
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["trainer"] == {"dpo": "dpo", "rl": "grpo"}[trainer]
   assert report["batch_rows"] == rows and report["seq_len"] == 128 and report["fits"] is True
+
+
+@needs_libtpu
+def test_rollout_decode_chunk_compiles_for_v5e_8(tmp_path):
+  """The RL loop's decode program (rollout engine) compiles for the training mesh."""
+  (tmp_path / "post.py").write_text(_POST_CONFIG.format(root=ROOT))
+  result = _run_tool(f"--config={tmp_path / 'post.py'}:rl", "--topology=v5e-8", "--decode",
+                     "--seq_len=256")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["what"] == "rollout decode chunk" and report["cache_len"] == 256
+  assert report["slots"] == 32 and report["fits"] is True
+  # The cache (k and v: 2 layers x 32 rows x 256 columns x 4 kv heads x 16 dims, float32), split
+  # over the 8 chips (rows over fsdp 4, kv heads over tensor 2), is among the arguments.
+  assert report["argument_bytes"] >= 2 * 2 * 32 * 256 * 4 * 16 * 4 // 8

@@ -153,8 +153,10 @@ def rl_setup(tmp_path_factory):
   probs.append(Problem(**{**_problem(9).__dict__, "id": "t/broken",
                           "tests": (({"a": 1, "b": 1}, 0),)}))
   (root / "problems").mkdir()
-  (root / "problems" / problem_set.PROBLEMS_FILE).write_text("".join(
-      json.dumps({f: getattr(p, f) for f in problem_set._FIELDS}) + "\n" for p in probs))
+  lines = [json.dumps({f: getattr(p, f) for f in problem_set._FIELDS}) for p in probs]
+  # A line without tests: skipped and counted, not fatal (and not silently scored 0).
+  lines.append(json.dumps({**json.loads(lines[0]), "id": "t/no_tests", "tests": []}))
+  (root / "problems" / problem_set.PROBLEMS_FILE).write_text("".join(l + "\n" for l in lines))
   (root / "problems" / problem_set.STATS_FILE).write_text("{}\n")
   cfg = model.preset("tiny", **SHAPE)
   orbax_params.save(root / "init", cfg, model.init_params(cfg, seed=1))
@@ -183,8 +185,10 @@ def _rows(workdir):
 
 def test_rl_loop_resumes_exactly_and_evaluates(rl_setup, tmp_path):
   whole = rl.run(_config(rl_setup), tmp_path / "whole")
-  assert whole["skipped_problems"] == {"reference_fails_tests": 1,
+  assert whole["skipped_problems"] == {"reference_fails_tests": 1, "file_no_tests": 1,
                                        "heldout_reference_fails_tests": 0}
+  first = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[0])
+  assert first["problems_skipped/file_no_tests"] == 1
   evals = [json.loads(l) for l in (tmp_path / "whole" / "eval.jsonl").read_text().splitlines()]
   assert [e["step"] for e in evals] == [0, 2, 3]
   assert all(e["split"] == "heldout" and e["n"] == 2 for e in evals)
@@ -217,3 +221,40 @@ def test_bad_rl_configs_are_refused(rl_setup, tmp_path):
   with pytest.raises(ConfigError, match="config.rl.clip_hi"):
     rl.run(tree, tmp_path / "w")
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+_RUN = "import json, sys; from seedcoder_jax.posttrain import rl; rl.run(json.load(open(sys.argv[1])), sys.argv[2])"
+
+
+@pytest.mark.slow
+def test_rl_kill9_and_restart_continue_the_same_run(rl_setup, tmp_path):
+  """SIGKILL mid-run, restart: the run ends with the metrics of an uninterrupted one."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  c = _config(rl_setup, steps=6)
+  c.rl.eval_every = 0
+  (tmp_path / "config.json").write_text(json.dumps(c.to_dict()))
+  rl.run(c, tmp_path / "whole")
+  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+  cmd = [sys.executable, "-c", _RUN, str(tmp_path / "config.json"), str(tmp_path / "killed")]
+  proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  metrics = tmp_path / "killed" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and any(r.get("step", 0) >= 2 and "pass_rate" in r
+                                for r in map(json.loads, metrics.read_text().splitlines())):
+      break
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGKILL)
+  out = proc.communicate()[0]
+  assert proc.returncode == -signal.SIGKILL, out[-2000:]
+  done = max(r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "pass_rate" in r)
+  assert 2 <= done < 6, "the kill should land mid-run"
+  again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+  last = lambda w: {r["step"]: r for r in _rows(w) if "pass_rate" in r}  # a restart re-logs steps
+  assert last(tmp_path / "killed") == last(tmp_path / "whole")

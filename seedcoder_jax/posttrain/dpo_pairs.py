@@ -3,9 +3,9 @@
     python data/make_dpo_pairs.py --policy=workdir:workdir/sft --problems=workdir/problems \
         --output=workdir/dpo_pairs --split=train --samples_per_prompt=8
 
-For each problem: N samples of the current policy (the KV-cache sampler, temperature T) on the
-problem's chat prompt; each reply's first Python code block runs against the problem's tests
-through the sealed verdict path (problems.check: an early exit is not a pass); a reply without a
+For each problem: N samples of the current policy (the rollout engine: one prefill per problem,
+slot refill; temperature T) on the problem's chat prompt; each reply's first Python code block
+runs against the problem's tests through the sealed verdict path (problems.check: an early exit is not a pass); a reply without a
 code block fails. A pair is (a passing reply, a failing reply) of the same prompt; up to
 `pairs_per_prompt` distinct pairs per prompt, drawn with a seeded RNG. Prompts whose samples all
 pass or all fail give no pair and are counted as such.
@@ -50,7 +50,7 @@ class PairsConfig:
   max_new_tokens: int = 384
   system_prompt: str = "You are a helpful coding assistant."
   template_file: str = ""
-  batch_size: int = 32             # sampler rows per compiled batch
+  batch_size: int = 32             # decode rows (slots) of the rollout engine
   workers: int = 2                 # sandbox processes
   seed: int = 0
 
@@ -93,7 +93,28 @@ def make_pairs(problem: problems_lib.Problem, replies: Sequence[str], passed: Se
   return combos[:pairs_per_prompt]
 
 
-def build(cfg: PairsConfig, output, *, progress: bool = False) -> dict:
+def sample_replies(policy: str, problem_list, *, n: int, temperature: float, max_new_tokens: int,
+                   seed: int, system_prompt: str, template_file: str = "", slots: int = 32,
+                   messages=prompt_messages):
+  """(texts [P * n], renderer): n replies per problem (reply k of problem i at i * n + k) from the
+  rollout engine (one shared prefill per problem, slot refill), decoded without the turn end."""
+  from seedcoder_jax import sampling
+  model_cfg, params, tok = sampling.load_model(policy)
+  if tok is None:
+    raise ValueError(f"policy {policy!r} has no tokenizer")
+  renderer = ChatRenderer(tok.spec, template_file=template_file, system_prompt=system_prompt)
+  prompts = [renderer.prompt_ids(messages(p)) for p in problem_list]
+  longest = max(len(p) for p in prompts)
+  engine = sampling.RolloutEngine(model_cfg, params, slots=slots,
+                                  max_len=(1 << (max(longest, 16) - 1).bit_length()) + max_new_tokens)
+  groups = engine.rollouts(prompts, group_size=n, max_new_tokens=max_new_tokens,
+                           temperature=temperature, seed=seed, stop_ids=renderer.stop_token_ids)
+  stops = set(renderer.stop_token_ids)
+  texts = [tok.decode([t for t in r.tokens if t not in stops]) for g in groups for r in g]
+  return texts, renderer
+
+
+def build(cfg: PairsConfig, output) -> dict:
   """Samples, judges and writes the pairs corpus and stats; returns the stats."""
   from seedcoder_jax import sampling
   out = pathlib.Path(output)
@@ -105,29 +126,12 @@ def build(cfg: PairsConfig, output, *, progress: bool = False) -> dict:
   if not problems:
     raise ValueError(f"{cfg.problems}: no {cfg.split!r} problems")
   t0 = time.perf_counter()
-  model_cfg, params, tok = sampling.load_model(cfg.policy)
-  if tok is None:
-    raise ValueError(f"policy {cfg.policy!r} has no tokenizer")
-  renderer = ChatRenderer(tok.spec, template_file=cfg.template_file, system_prompt=cfg.system_prompt)
-  prompts = [renderer.prompt_ids(prompt_messages(p)) for p in problems]
+  texts, renderer = sample_replies(cfg.policy, problems, n=cfg.samples_per_prompt,
+                                   temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                   seed=cfg.seed, system_prompt=cfg.system_prompt,
+                                   template_file=cfg.template_file, slots=cfg.batch_size)
   n = cfg.samples_per_prompt
-  max_len = max(len(p) for p in prompts) + cfg.max_new_tokens
-  sampler = sampling.Sampler(model_cfg, params, tokenizer=tok, max_batch=cfg.batch_size,
-                             max_len=max(max_len, 64))
   rows = [(i, j) for i in range(len(problems)) for j in range(n)]
-  params_list = [sampling.SamplingParams(
-      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-      stop_token_ids=renderer.stop_token_ids, seed=cfg.seed) for _ in rows]
-  texts = []
-  bar = _bar(len(rows), progress, "sampling")
-  for start in range(0, len(rows), cfg.batch_size):
-    chunk = rows[start:start + cfg.batch_size]
-    done = sampler.generate([prompts[i] for i, _ in chunk], params_list[start:start + len(chunk)])
-    texts += [c.text for c in done]
-    if bar is not None:
-      bar.update(len(chunk))
-  if bar is not None:
-    bar.close()
   t_sample = time.perf_counter() - t0
   passed = judge([(problems[i], texts[k]) for k, (i, _) in enumerate(rows)], workers=cfg.workers)
   t_judge = time.perf_counter() - t0 - t_sample
@@ -164,13 +168,6 @@ def build(cfg: PairsConfig, output, *, progress: bool = False) -> dict:
   tmp.write_text(json.dumps(stats, indent=1) + "\n")
   os.replace(tmp, out / STATS_FILE)
   return stats
-
-
-def _bar(total: int, enabled: bool, desc: str):
-  if not enabled:
-    return None
-  from tqdm import tqdm
-  return tqdm(total=total, desc=desc, unit="sample")
 
 
 def load_stats(output) -> Optional[dict]:

@@ -152,8 +152,14 @@ def build(out_dir, *, limit: Optional[int] = None, seed: int = 0,
   return stats
 
 
-def load(out_dir, split: Optional[str] = None) -> list[P.Problem]:
-  """The problems of a built set (optionally one split), checked field by field."""
+def load(out_dir, split: Optional[str] = None, *,
+         skipped: Optional[dict] = None) -> list[P.Problem]:
+  """The problems of a built set (optionally one split), checked field by field.
+
+  A bad line is an error naming the file and line, unless `skipped` (a dict) is given: then the
+  line is left out and counted there under its reason ("not_json", "bad_fields", "no_tests",
+  "bad_split"), e.g. for RL, which must not stop for one broken problem but must say so.
+  """
   path = pathlib.Path(out_dir) / PROBLEMS_FILE
   if not (pathlib.Path(out_dir) / STATS_FILE).exists() or not path.exists():
     raise P.ProblemsError(f"{path}: missing or unfinished (no {STATS_FILE} beside it); "
@@ -161,24 +167,35 @@ def load(out_dir, split: Optional[str] = None) -> list[P.Problem]:
   if split is not None and split not in P.SPLITS:
     raise ValueError(f"split={split!r}: expected one of {P.SPLITS}")
   out = []
+
+  def bad(reason: str, message: str) -> None:
+    if skipped is None:
+      raise P.ProblemsError(message)
+    skipped[reason] = skipped.get(reason, 0) + 1
+
   for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
     where = f"{path}:{n}"
     try:
       row = json.loads(line)
     except json.JSONDecodeError as e:
-      raise P.ProblemsError(f"{where}: not JSON ({e})") from e
+      bad("not_json", f"{where}: not JSON ({e})")
+      continue
     if not isinstance(row, dict):
-      raise P.ProblemsError(f"{where}: expected an object, got {type(row).__name__}")
+      bad("bad_fields", f"{where}: expected an object, got {type(row).__name__}")
+      continue
     missing = [f for f in _FIELDS if f not in row]
     unknown = sorted(set(row) - set(_FIELDS))
     if missing or unknown:
-      raise P.ProblemsError(f"{where}: missing field(s) {missing}, unknown field(s) {unknown}")
+      bad("bad_fields", f"{where}: missing field(s) {missing}, unknown field(s) {unknown}")
+      continue
     tests = row["tests"]
     if (not isinstance(tests, list) or not tests or
         not all(isinstance(t, list) and len(t) == 2 and isinstance(t[0], dict) for t in tests)):
-      raise P.ProblemsError(f"{where}: 'tests' must be a non-empty list of [kwargs, expected]")
+      bad("no_tests", f"{where}: 'tests' must be a non-empty list of [kwargs, expected]")
+      continue
     if row["split"] not in P.SPLITS:
-      raise P.ProblemsError(f"{where}: split {row['split']!r} not in {P.SPLITS}")
+      bad("bad_split", f"{where}: split {row['split']!r} not in {P.SPLITS}")
+      continue
     problem = P.Problem(**{**row, "tests": tuple((kw, want) for kw, want in tests)})
     if split is None or problem.split == split:
       out.append(problem)

@@ -206,9 +206,10 @@ def train(raw: dict, workdir) -> dict:
   if rl.rollout_slots % n_dev:
     raise ConfigError(f"config.rl.rollout_slots={rl.rollout_slots} must be a multiple of "
                       f"data*fsdp={n_dev}")
+  bad_lines: dict = {}  # broken problem lines are skipped and counted, not fatal
   try:
-    train_set = problem_set.load(rl.problems, "train")
-    heldout = problem_set.load(rl.problems, "heldout")
+    train_set = problem_set.load(rl.problems, "train", skipped=bad_lines)
+    heldout = problem_set.load(rl.problems, "heldout", skipped={})
   except (problems_lib.ProblemsError, ValueError) as e:
     raise ConfigError(f"config.rl.problems={rl.problems!r}: {e}") from e
   if rl.eval_limit:
@@ -237,7 +238,8 @@ def train(raw: dict, workdir) -> dict:
   else:
     train_set, bad = verify_references(train_set, rl)
     heldout, bad_heldout = verify_references(heldout, rl)
-    skipped_problems = {"reference_fails_tests": bad, "heldout_reference_fails_tests": bad_heldout}
+    skipped_problems = {"reference_fails_tests": bad, "heldout_reference_fails_tests": bad_heldout,
+                        **{f"file_{k}": v for k, v in bad_lines.items()}}
     if jax.process_index() == 0:
       chosen_file.write_text(json.dumps({"train": [p.id for p in train_set],
                                          "skipped": skipped_problems}, indent=1) + "\n")
@@ -284,6 +286,9 @@ def train(raw: dict, workdir) -> dict:
           f"{skipped_problems}), steps {start}->{end}; state from {source}", flush=True)
   summary: dict[str, Any] = {"start_step": start, "source": source,
                              "skipped_problems": skipped_problems}
+
+  if start == 0:  # what the run leaves out, as metrics (TensorBoard) besides the log line
+    writer.write(0, {f"problems_skipped/{k}": v for k, v in skipped_problems.items()})
 
   def run_eval(step):
     if step in _evaluated_steps(workdir) or not heldout:
@@ -345,7 +350,11 @@ def train(raw: dict, workdir) -> dict:
       # The update: mu passes of mini-batches over the kept groups' rows.
       t0 = time.perf_counter()
       rows = cfg.batch_size * g
-      seq_len = min(cfg.seq_len, _bucket(longest + stage.max_new_tokens))
+      # Rows as long as this batch's longest prompt + completion (a multiple of 64: a few
+      # compiled shapes), not the longest possible: most of a padded row would be wasted work.
+      need = max([len(prompt_ids[pid]) + len(r.tokens) for pid, grp, _ in kept for r in grp],
+                 default=1)
+      seq_len = min(cfg.seq_len, _bucket(need))
       local_prompts = {pid: prompt_ids[pid] for pid, _, _ in kept}
       batch, bstats = build_batch(local_prompts, kept, group_size=g, rows=rows, seq_len=seq_len,
                                   advantage_scale=rl.advantage_scale,

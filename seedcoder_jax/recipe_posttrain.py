@@ -1,0 +1,169 @@
+"""The recipe's post-training stages: problems -> instruction data -> SFT -> DPO pairs -> DPO -> RL,
+and the held-out measurements before and after each (seedcoder_jax.recipe runs them in order).
+
+Every stage writes under WORKDIR/<stage>/ and reads earlier stages' outputs by path; its
+DONE.json (written last by recipe.run) makes it resumable. The trainers inside resume from their
+own checkpoints as well, so a killed stage continues rather than starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+DONE = "DONE.json"
+
+
+def _merge(node: dict, changes: dict, where: str = "") -> None:
+  """Nested `changes` into the config tree `node` in place; a key the tree lacks is an error."""
+  for key, value in changes.items():
+    if key not in node:
+      raise KeyError(f"recipe override {where}{key}: the trainer config has no such key")
+    if isinstance(value, dict) and isinstance(node[key], dict):
+      _merge(node[key], value, f"{where}{key}.")
+    else:
+      node[key] = value
+
+
+def _trainer_config(spec: str, paths: dict, options: dict) -> dict:
+  """The config file's tree with the stage's input paths, then its options' `overrides`."""
+  from seedcoder_jax import config_files
+  config = config_files.load(spec).to_dict()
+  _merge(config, paths)
+  _merge(config, json.loads(json.dumps(options.get("overrides") or {})))
+  return config
+
+
+def _last_rows(run_dir: pathlib.Path) -> tuple[dict, dict, dict]:
+  """(first train row, last train row, last eval row) of a run's metrics.jsonl."""
+  rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+  train = [r for r in rows if "loss" in r]
+  evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
+  return (train[0] if train else {}), (train[-1] if train else {}), (evals[-1] if evals else {})
+
+
+def problems(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """The verifiable problem set (data/make_problems.py --source=...): train and held-out splits."""
+  from seedcoder_jax.posttrain import problem_set
+  stats = problem_set.build(stage_dir, source=options.get("source", "synthetic"),
+                            limit=options.get("limit"), workers=options.get("workers", 2))
+  print(f"[problems] {stats['input']} entries -> {stats['kept']} problems {stats['splits']}")
+  return {k: stats[k] for k in ("input", "kept", "rejected", "splits")}
+
+
+def instruct(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """SFT conversations from the train problems' reference solutions (data/make_instructions.py
+  --source=problems): the verifiable instruction source a 135M model can learn from."""
+  from seedcoder_jax.posttrain import instruct_data
+  cfg = instruct_data.InstructConfig.from_dict(
+      {"source": "problems", "problems": {"dir": str(workdir / "problems")}})
+  stats = instruct_data.run(cfg, stage_dir)
+  print(f"[instruct] {stats['input']} problems -> {stats['kept']} SFT conversations")
+  return {k: stats[k] for k in ("input", "kept", "rejected") if k in stats}
+
+
+def _heldout(workdir: pathlib.Path, options: dict):
+  from seedcoder_jax.posttrain import problem_set
+  heldout = problem_set.load(workdir / "problems", "heldout")
+  return heldout[:options["heldout_limit"]] if options.get("heldout_limit") else heldout
+
+
+def _measure(spec: str, workdir: pathlib.Path, options: dict) -> dict:
+  """Held-out problem pass rate and HumanEval pass@1 (greedy, sandboxed) of a model spec."""
+  from seedcoder_jax.evaluation import harness
+  from seedcoder_jax.posttrain import evaluate
+  heldout = evaluate.pass_rate(spec, _heldout(workdir, options),
+                               max_new_tokens=options["max_new_tokens"])
+  out = {"heldout": heldout}
+  if options.get("humaneval_limit") is not None:
+    stage_out = workdir / "measurements" / spec.replace(":", "_").replace("/", "_")
+    stage_out.mkdir(parents=True, exist_ok=True)
+    report = harness.evaluate(harness.EvalConfig(
+        benchmark="humaneval", output=str(stage_out / "report.json"), checkpoint=spec,
+        prompt_style="chat", max_new_tokens=options["max_new_tokens"],
+        limit=options["humaneval_limit"] or None, batch_size=16, workers=2))
+    out["humaneval"] = {"pass_at_1": report["pass_at_k"].get("1"),
+                        "num_problems": report["num_problems"]}
+  return out
+
+
+def sft(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """SFT of SmolLM2-135M-Instruct on the instruct stage's corpus (configs/sft.py:demo), with the
+  held-out pass rate and HumanEval before (the packaged model) and after."""
+  from seedcoder_jax.posttrain import sft as sft_lib
+  before = _measure("gguf:smollm2", workdir, options["measure"])
+  config = _trainer_config("sft:demo", {"sft": {"corpora": [str(workdir / "instruct" / "corpus")]}},
+                           options)
+  summary = sft_lib.run(config, stage_dir / "run")
+  first, last, ev = _last_rows(stage_dir / "run")
+  after = _measure(f"workdir:{stage_dir / 'run'}", workdir, options["measure"])
+  print(f"[sft] loss {first.get('loss'):.3f} -> {last.get('loss'):.3f}, held-out loss "
+        f"{summary.get('eval_loss')}; held-out pass rate {before['heldout']['pass_rate']:.3f} -> "
+        f"{after['heldout']['pass_rate']:.3f} (n={after['heldout']['n']})")
+  return {"before": before, "after": after, "first_loss": first.get("loss"),
+          "last_loss": last.get("loss"), "eval_loss": summary.get("eval_loss"),
+          "tokens_per_s": last.get("tokens_per_s")}
+
+
+def dpo_pairs(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """On-policy pairs from the SFT model: train problems (to learn from) and held-out problems
+  (held-out preference accuracy)."""
+  from seedcoder_jax.posttrain import dpo_pairs as pairs_lib
+  out = {}
+  for split, sub, limit in (("train", "train", options["train_limit"]),
+                            ("heldout", "heldout", options["heldout_limit"])):
+    cfg = pairs_lib.PairsConfig(policy=f"workdir:{workdir / 'sft' / 'run'}",
+                                problems=str(workdir / "problems"), split=split, limit=limit,
+                                samples_per_prompt=options["samples_per_prompt"],
+                                temperature=options["temperature"],
+                                max_new_tokens=options["max_new_tokens"])
+    stats = pairs_lib.build(cfg, stage_dir / sub)
+    out[split] = {k: stats[k] for k in ("input", "kept", "rejected", "pairs", "sample_pass_rate")}
+    print(f"[dpo_pairs] {split}: {stats['input']} prompts -> {stats['pairs']} pairs "
+          f"(sample pass rate {stats['sample_pass_rate']:.3f}; {stats['rejected']})")
+  return out
+
+
+def dpo(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """DPO from the SFT model on the pairs (configs/dpo.py:demo); held-out preference accuracy
+  and the held-out pass rate after."""
+  from seedcoder_jax.posttrain import dpo_train
+  pairs = workdir / "dpo_pairs"
+  counts = json.loads((pairs / DONE).read_text()) if (pairs / DONE).exists() else {}
+  if not (pairs / "train" / "corpus").is_dir():
+    raise RuntimeError(f"no DPO pairs in {pairs / 'train'} (every prompt's samples all passed or "
+                       f"all failed: {counts.get('train')}); raise samples_per_prompt or the "
+                       "temperature of the dpo_pairs stage")
+  heldout = pairs / "heldout" / "corpus"
+  config = _trainer_config("dpo:demo", {
+      "init": {"path": str(workdir / "sft" / "run")},
+      "dpo": {"pairs": str(pairs / "train" / "corpus"),
+              "heldout_pairs": str(heldout) if heldout.is_dir() else ""}}, options)
+  summary = dpo_train.run(config, stage_dir / "run")
+  first, last, ev = _last_rows(stage_dir / "run")
+  after = _measure(f"workdir:{stage_dir / 'run'}", workdir, options["measure"])
+  print(f"[dpo] loss {first.get('loss'):.4f} -> {last.get('loss'):.4f}; held-out preference "
+        f"accuracy {ev.get('eval_rewards/accuracies')}; held-out pass rate "
+        f"{after['heldout']['pass_rate']:.3f}")
+  return {"after": after, "first_loss": first.get("loss"), "last_loss": last.get("loss"),
+          "heldout_preference_accuracy": ev.get("eval_rewards/accuracies"),
+          "train_accuracy": last.get("rewards/accuracies"), "tokens_per_s": last.get("tokens_per_s"),
+          "end_step": summary.get("end_step")}
+
+
+def rl(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """A short GRPO run from the packaged SmolLM2 (configs/rl.py:demo with fewer steps): the loop's
+  machinery end to end; the 45-minute run that measures an improvement is in docs/posttraining.md."""
+  from seedcoder_jax.posttrain import rl as rl_lib
+  config = _trainer_config("rl:demo", {"rl": {"problems": str(workdir / "problems")}}, options)
+  summary = rl_lib.run(config, stage_dir / "run")
+  evals = [json.loads(line) for line in (stage_dir / "run" / "eval.jsonl").open()]
+  print(f"[rl] held-out pass rate by step: {[(e['step'], round(e['pass_rate'], 3)) for e in evals]}")
+  return {"eval": evals, "end_step": summary.get("end_step"),
+          "last": {k: v for k, v in (summary.get("last") or {}).items()
+                   if k in ("reward_mean", "pass_rate", "time_rollout", "time_reward",
+                            "time_update", "groups_kept")}}
+
+
+STAGES = {"problems": problems, "instruct": instruct, "sft": sft, "dpo_pairs": dpo_pairs,
+          "dpo": dpo, "rl": rl}
