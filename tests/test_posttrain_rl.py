@@ -119,6 +119,7 @@ def _rl_batch(n=8, t=24, seed=0):
           "advantages": rng.normal(0, 1, n).astype(np.float32)}
 
 
+@pytest.mark.slow
 def test_objective_sums_equal_policy_loss_and_microbatches_do_not_matter():
   cfg = model.preset("tiny", **SHAPE)
   rcfg = rl_config.RLConfig(problems="x", stages=(rl_config.Stage(1, 8, 2),), temperature=0.7)

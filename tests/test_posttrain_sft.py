@@ -176,6 +176,7 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+@pytest.mark.slow
 def test_sft_trainer_trains_and_resumes_exactly(tmp_path):
   chat_corpus.write([_conv(i, i % 11) for i in range(48)], tmp_path / "c", kind="sft")
   whole = sft.run(_tiny_sft_config(tmp_path / "c"), tmp_path / "whole")

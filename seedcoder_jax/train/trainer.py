@@ -251,9 +251,10 @@ def validate(cfg: PretrainConfig, mesh, rows_per_example: int = 1) -> None:
   per_step = rows // cfg.grad_accum_steps
   n = mesh.shape["data"] * mesh.shape["fsdp"]
   if cfg.batch_size % cfg.grad_accum_steps or per_step % n:
+    unit = "" if rows_per_example == 1 else f" ({rows} rows)"
     raise ConfigError(
-        f"config.data.batch_size={cfg.batch_size} ({rows} rows) with config.opt.grad_accum_steps="
-        f"{cfg.grad_accum_steps} gives microbatches of {rows / cfg.grad_accum_steps:g} "
+        f"config.data.batch_size={cfg.batch_size} with config.opt.grad_accum_steps="
+        f"{cfg.grad_accum_steps}{unit} gives microbatches of {rows / cfg.grad_accum_steps:g} "
         f"rows, which data*fsdp={n} devices (config.mesh={dict(mesh.shape)}) must divide")
   if cfg.batch_size % jax.process_count():
     raise ConfigError(f"config.data.batch_size={cfg.batch_size} is not divisible by the "
