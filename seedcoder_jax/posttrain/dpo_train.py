@@ -76,19 +76,8 @@ class DPOConfig:
 
 def config_from_tree(tree: Mapping[str, Any]) -> tuple[PretrainConfig, DPOConfig, str]:
   """Validates a DPO config tree -> (trainer config, DPO config, tokenizer spec)."""
-  base, dpo = sft_lib.split_tree(tree, "dpo", "dpo")
-  data = {k: v for k, v in dict(base.get("data") or {}).items() if v is not None}
-  unknown = sorted(set(data) - set(sft_lib.DATA_KEYS))
-  if unknown:
-    raise ConfigError(f"unknown key(s) {', '.join('config.data.' + k for k in unknown)} for the "
-                      f"dpo trainer; config.data holds {sft_lib.DATA_KEYS}")
-  if "tokenizer" not in data:
-    raise ConfigError("config.data.tokenizer is missing (its chat template renders the prompts)")
-  known = [f.name for f in dataclasses.fields(DPOConfig)]
-  unknown = sorted(set(dpo) - set(known))
-  if unknown:
-    raise ConfigError(f"unknown key(s) {', '.join('config.dpo.' + k for k in unknown)}; known "
-                      f"keys of config.dpo: {known}")
+  base, dpo, data = sft_lib.post_training_tree(
+      tree, "dpo", tuple(f.name for f in dataclasses.fields(DPOConfig)))
   if not dpo.get("pairs"):
     raise ConfigError("config.dpo.pairs is empty: give a pairs corpus (data/make_dpo_pairs.py)")
   cfg = from_tree({**base, "data": data, "prepare": {}})

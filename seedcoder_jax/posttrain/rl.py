@@ -41,6 +41,7 @@ import numpy as np
 from seedcoder_jax import perf
 from seedcoder_jax import sharding as sharding_lib
 from seedcoder_jax.posttrain import curriculum as curriculum_lib
+from seedcoder_jax.posttrain.dpo_pairs import prompt_messages
 from seedcoder_jax.posttrain import grpo
 from seedcoder_jax.posttrain import logprobs
 from seedcoder_jax.posttrain import problem_set
@@ -57,10 +58,6 @@ from seedcoder_jax.train import trainer as trainer_lib
 from seedcoder_jax.train.config import ConfigError
 
 EVAL_FILE = "eval.jsonl"
-
-
-def prompt_messages(problem: problems_lib.Problem) -> list[dict]:
-  return [{"role": "user", "content": problem.prompt}]
 
 
 # --- the objective ----------------------------------------------------------------------------------

@@ -118,19 +118,8 @@ def config_from_tree(tree: Mapping[str, Any]) -> tuple[PretrainConfig, RLConfig,
 
   config.opt.total_steps is derived: RL steps x updates_per_batch x mini_batches optimizer
   updates (the schedule runs over updates)."""
-  base, rl = sft_lib.split_tree(tree, "rl", "rl")
-  data = {k: v for k, v in dict(base.get("data") or {}).items() if v is not None}
-  unknown = sorted(set(data) - set(sft_lib.DATA_KEYS))
-  if unknown:
-    raise ConfigError(f"unknown key(s) {', '.join('config.data.' + k for k in unknown)} for the "
-                      f"rl trainer; config.data holds {sft_lib.DATA_KEYS}")
-  if "tokenizer" not in data:
-    raise ConfigError("config.data.tokenizer is missing (its chat template renders the prompts)")
-  known = [f.name for f in dataclasses.fields(RLConfig)]
-  unknown = sorted(set(rl) - set(known))
-  if unknown:
-    raise ConfigError(f"unknown key(s) {', '.join('config.rl.' + k for k in unknown)}; known keys "
-                      f"of config.rl: {known}")
+  base, rl, data = sft_lib.post_training_tree(
+      tree, "rl", tuple(f.name for f in dataclasses.fields(RLConfig)))
   try:
     stages = tuple(Stage(*map(int, s)) for s in rl.get("stages") or ())
   except (TypeError, ValueError) as e:

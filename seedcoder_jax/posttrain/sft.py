@@ -37,20 +37,30 @@ def split_tree(tree: Mapping[str, Any], trainer: str, group: str) -> tuple[dict,
   return tree, dict(tree.pop(group) or {})
 
 
-def config_from_tree(tree: Mapping[str, Any]) -> tuple[PretrainConfig, sft_data.SFTDataConfig]:
-  """Validates an SFT config tree -> (the trainer's config, the SFT data config)."""
-  base, sft = split_tree(tree, "sft", "sft")
+def post_training_tree(tree: Mapping[str, Any], trainer: str,
+                       known: tuple[str, ...]) -> tuple[dict, dict, dict]:
+  """(pretraining tree, the trainer's group, config.data) of a post-training config tree, with
+  the keys every post-training trainer shares checked: config.data holds only DATA_KEYS and a
+  tokenizer (its chat template renders the conversations); the group only `known` keys."""
+  base, group = split_tree(tree, trainer, trainer)
   data = {k: v for k, v in dict(base.get("data") or {}).items() if v is not None}
   unknown = sorted(set(data) - set(DATA_KEYS))
   if unknown:
     raise ConfigError(f"unknown key(s) {', '.join('config.data.' + k for k in unknown)} for the "
-                      f"sft trainer; config.data holds {DATA_KEYS} (data settings are in config.sft)")
+                      f"{trainer} trainer; config.data holds {DATA_KEYS} (its settings are in "
+                      f"config.{trainer})")
   if "tokenizer" not in data:
     raise ConfigError("config.data.tokenizer is missing (its chat template renders the data)")
-  unknown = sorted(set(sft) - set(SFT_KEYS))
+  unknown = sorted(set(group) - set(known))
   if unknown:
-    raise ConfigError(f"unknown key(s) {', '.join('config.sft.' + k for k in unknown)}; known "
-                      f"keys of config.sft: {list(SFT_KEYS)}")
+    raise ConfigError(f"unknown key(s) {', '.join(f'config.{trainer}.' + k for k in unknown)}; "
+                      f"known keys of config.{trainer}: {list(known)}")
+  return base, group, data
+
+
+def config_from_tree(tree: Mapping[str, Any]) -> tuple[PretrainConfig, sft_data.SFTDataConfig]:
+  """Validates an SFT config tree -> (the trainer's config, the SFT data config)."""
+  base, sft, data = post_training_tree(tree, "sft", SFT_KEYS)
   cfg = from_tree({**base, "data": data, "prepare": {}})
   values = {k: tuple(v) if isinstance(v, list) else v for k, v in sft.items()}
   try:
