@@ -54,7 +54,11 @@ _FIM_ORDER = flags.DEFINE_enum("fim_order", "spm", ["spm", "psm"], "FIM prompt l
 _LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
 _KS = flags.DEFINE_list("ks", ["1", "10", "100"], "The k of pass@k.")
 _WORKERS = flags.DEFINE_integer("workers", 4, "Sandbox runs in parallel.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Prompts per sampler batch.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Prompts per sampler batch "
+                                   "(--engine=sampler), decode rows (--engine=rollout).")
+_ENGINE = flags.DEFINE_enum("engine", "auto", list(harness.ENGINES), "Decoding: rollout (greedy "
+                            "only; a finished row takes the next prompt at once), sampler (fixed "
+                            "batches; any temperature/top_p), auto (rollout when greedy).")
 _TIMEOUT_S = flags.DEFINE_float("timeout_s", None, "Per-program time limit (default per language).")
 _MEMORY_MB = flags.DEFINE_integer("memory_mb", None, "Per-program memory (default per language).")
 flags.mark_flags_as_required(["benchmark", "output"])
@@ -73,7 +77,8 @@ def main(argv):
       top_p=_TOP_P.value, max_new_tokens=_MAX_NEW_TOKENS.value, seed=_SEED.value,
       prompt_style=_PROMPT_STYLE.value, fim_order=_FIM_ORDER.value,
       limit=_LIMIT.value, ks=tuple(int(k) for k in _KS.value),
-      workers=_WORKERS.value, batch_size=_BATCH_SIZE.value, timeout_s=_TIMEOUT_S.value,
+      workers=_WORKERS.value, batch_size=_BATCH_SIZE.value, engine=_ENGINE.value,
+      timeout_s=_TIMEOUT_S.value,
       memory_mb=_MEMORY_MB.value)
   try:
     cfg.validate()
@@ -92,7 +97,7 @@ def _run_seqio(task_name: str) -> dict:
   # The task fixes prompt style and FIM order (seedcoder_humaneval_chat, ..._psm); the rest are
   # generation settings. Given here they would be silently ignored.
   ignored = [f"--{f.name}" for f in (_N_SAMPLES, _TEMPERATURE, _TOP_P, _MAX_NEW_TOKENS, _SEED,
-                                     _PROMPT_STYLE, _FIM_ORDER, _BATCH_SIZE)
+                                     _PROMPT_STYLE, _FIM_ORDER, _BATCH_SIZE, _ENGINE)
              if flags.FLAGS[f.name].present]
   if ignored:
     raise app.UsageError(f"{', '.join(ignored)}: not for --benchmark=seqio:TASK (the task name "

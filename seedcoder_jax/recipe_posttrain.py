@@ -81,8 +81,8 @@ def _measure(spec: str, workdir: pathlib.Path, options: dict) -> dict:
     report = harness.evaluate(harness.EvalConfig(
         benchmark="humaneval", output=str(stage_out / "report.json"), checkpoint=spec,
         prompt_style="chat", max_new_tokens=options["max_new_tokens"],
-        limit=options["humaneval_limit"] or None, batch_size=16, workers=2))
-    out["humaneval"] = {"pass_at_1": report["pass_at_k"].get("1"),
+        limit=options["humaneval_limit"] or None, batch_size=32, workers=2))
+    out["humaneval"] = {"pass_at_1": report["pass_at_k"]["pass@1"],
                         "num_problems": report["num_problems"]}
   return out
 

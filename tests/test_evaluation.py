@@ -1,5 +1,6 @@
 """Evaluation harness: benchmarks, pass@k, samples files, FIM scoring, sandboxed execution, CLI."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -168,6 +169,12 @@ def test_config_errors_are_refused_before_any_work(tmp_path):
     cfg(checkpoint="gguf:smollm2", n_samples=5).validate()
   with pytest.raises(ValueError, match="prompt_style"):
     cfg(checkpoint="gguf:smollm2", prompt_style="raw").validate()
+  with pytest.raises(ValueError, match="--engine must be one of"):
+    cfg(checkpoint="gguf:smollm2", engine="vllm").validate()
+  with pytest.raises(ValueError, match="--engine=rollout decodes greedily only"):
+    cfg(checkpoint="gguf:smollm2", engine="rollout", temperature=0.8, n_samples=2).validate()
+  assert cfg(temperature=0.8).resolved_engine == "sampler"
+  assert cfg().resolved_engine == "rollout"
   with pytest.raises(benchmarks.BenchmarkError, match="unknown benchmark"):
     cfg(benchmark="nope").validate()
 
@@ -451,6 +458,16 @@ def test_generation_end_to_end_with_a_tiny_model(tmp_path, humaneval):
     again = harness.evaluate(run)  # resumes: nothing left to generate, same greedy samples
     assert again["generation"]["reused"] == 3 and again["generation"]["generated"] == 0
     assert again["pass_at_k"] == rep["pass_at_k"]
+    assert rep["generation"]["engine"] == "rollout"  # greedy: slot refill (auto)
+    # The Sampler's fixed batches decode the same greedy samples (stops applied the same way).
+    other = dataclasses.replace(run, output=str(tmp_path / f"{bench}_sampler.json"),
+                                engine="sampler")
+    assert harness.evaluate(other)["generation"]["engine"] == "sampler"
+    want = [json.loads(x) for x in
+            pathlib.Path(other.output).with_suffix(".samples.jsonl").read_text().splitlines()]
+    key = lambda x: x["task_id"]
+    assert ([(x["task_id"], x["raw"], x["completion"]) for x in sorted(lines, key=key)] ==
+            [(x["task_id"], x["raw"], x["completion"]) for x in sorted(want, key=key)])
 
 
 def test_reports_name_the_exact_weights_behind_a_score():

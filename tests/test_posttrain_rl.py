@@ -169,7 +169,10 @@ def _config(root, steps=3):
   c.model.update(preset="tiny", **SHAPE)
   c.init.update(kind="orbax", path=str(root / "init"))
   c.rl.update(problems=str(root / "problems"), stages=((steps, 12, 2),), rollout_slots=8,
-              eval_every=2, dynamic_sampling=False, temperature=1.0, mini_batches=1)
+              eval_every=2, dynamic_sampling=False, temperature=1.0, mini_batches=1,
+              # The random tiny model rarely stops within 12 tokens: with overlong filtering
+              # no token would be trained on and the resume check would compare no updates.
+              overlong_filter=False)
   c.data.update(batch_size=4, seq_len=256)
   c.mesh.update(data=2, fsdp=4)
   c.ckpt.update(every_steps=1, async_save=False)
@@ -202,6 +205,7 @@ def test_rl_loop_resumes_exactly_and_evaluates(rl_setup, tmp_path):
   # Without dynamic sampling the zero-advantage groups are still updated on (loss 0).
   train = [r for r in _rows(tmp_path / "whole") if "pass_rate" in r]
   assert [r["updates"] for r in train] == [1, 1, 1]
+  assert [r["updates_skipped_empty"] for r in train] == [0, 0, 0]
 
 
 def test_bad_rl_configs_are_refused(rl_setup, tmp_path):
@@ -259,3 +263,19 @@ def test_rl_kill9_and_restart_continue_the_same_run(rl_setup, tmp_path):
   assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
   last = lambda w: {r["step"]: r for r in _rows(w) if "pass_rate" in r}  # a restart re-logs steps
   assert last(tmp_path / "killed") == last(tmp_path / "whole")
+
+
+def test_mini_batches_without_trainable_tokens_are_left_out():
+  # 4 groups' rows in 4 mini-batches; the 2nd is padding (a dropped group), the 4th only
+  # overlong-filtered completions: neither may cost an update or move the weights.
+  mask = np.zeros((8, 5), np.float32)
+  mask[0:2, 3:] = 1.0
+  mask[4, 2:] = 1.0
+  batch = {"tokens": np.arange(40).reshape(8, 5), "mask": mask,
+           "advantages": np.arange(8, dtype=np.float32)}
+  parts, left_out = rl.mini_batch_parts(batch, 4)
+  assert left_out == 2
+  assert [p["advantages"].tolist() for p in parts] == [[0.0, 1.0], [4.0, 5.0]]
+  assert [p["tokens"][:, 0].tolist() for p in parts] == [[0, 5], [20, 25]]
+  parts, left_out = rl.mini_batch_parts(batch, 1)
+  assert left_out == 0 and len(parts) == 1 and parts[0]["mask"].shape == (8, 5)

@@ -165,6 +165,27 @@ def test_greedy_equals_sampler_generate(params, prompts):
       assert_close_to_scale(r.logprobs, w.logprobs, terms=CFG.vocab_size)
 
 
+def test_stop_when_ends_rows_at_a_chunk_boundary(params, prompts):
+  """A host check (a text stop sequence in the harness) ends a row after the chunk where it
+  first holds; the tokens up to there are the unstopped run's, and other rows run on."""
+  engine = RolloutEngine(CFG, params, slots=8, max_len=MAX_LEN, chunk=4)
+  kwargs = dict(group_size=1, max_new_tokens=MAX_NEW, temperature=0.0, seed=0)
+  free = engine.rollouts(prompts, **kwargs)
+  seen = []
+
+  def stop_when(i, tokens):
+    seen.append((i, len(tokens)))
+    return i == 1 and len(tokens) >= 6
+
+  out = engine.rollouts(prompts, stop_when=stop_when, **kwargs)
+  assert out[1][0].finish_reason == "stop"
+  # Admission draws token 1; chunks of 4 follow: the check first holds at 9 tokens.
+  assert out[1][0].tokens == free[1][0].tokens[:9]
+  for i in (0, 2, 3):
+    assert out[i][0].tokens == free[i][0].tokens and out[i][0].finish_reason == "length"
+  assert {i for i, _ in seen} == {0, 1, 2, 3}
+
+
 def test_new_params_do_not_recompile(params, prompts, wide):
   engine = RolloutEngine(CFG, slots=16, max_len=MAX_LEN)
   kwargs = dict(group_size=3, max_new_tokens=MAX_NEW, temperature=1.0, seed=5, stop_ids=STOP_IDS)

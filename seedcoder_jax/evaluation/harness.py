@@ -49,7 +49,11 @@ class EvalConfig:
     limit: score only the first `limit` problems (None = all).
     ks: the k of pass@k.
     workers: sandbox runs in parallel.
-    batch_size: prompts per sampler batch.
+    batch_size: prompts per sampler batch (engine "sampler"), decode rows (engine "rollout").
+    engine: how samples are decoded: "rollout" (sampling.RolloutEngine: a finished row's slot
+      takes the next prompt at once, so one long answer never holds up a batch; greedy only),
+      "sampler" (sampling.Sampler: fixed batches, any temperature and top_p), or "auto"
+      (rollout when greedy, else sampler).
     timeout_s, memory_mb: per-run sandbox limits (None = per-language defaults).
   """
   benchmark: str
@@ -67,6 +71,7 @@ class EvalConfig:
   ks: tuple[int, ...] = metrics.DEFAULT_KS
   workers: int = 4
   batch_size: int = 16
+  engine: str = "auto"
   timeout_s: Optional[float] = None
   memory_mb: Optional[int] = None
 
@@ -94,8 +99,19 @@ class EvalConfig:
     if self.temperature == 0 and self.n_samples > 1:
       raise ValueError("greedy decoding (--temperature=0) gives identical samples: use "
                        "--n_samples=1 or a temperature > 0")
+    if self.engine not in ENGINES:
+      raise ValueError(f"--engine must be one of {ENGINES}, got {self.engine!r}")
+    if self.engine == "rollout" and self.temperature != 0:
+      raise ValueError("--engine=rollout decodes greedily only (--temperature=0); sampled "
+                       "evaluation uses --engine=sampler (seeds per problem and sample)")
     if not self.ks or any(k < 1 for k in self.ks):
       raise ValueError(f"ks must be positive, got {self.ks}")
+
+  @property
+  def resolved_engine(self) -> str:
+    if self.engine != "auto":
+      return self.engine
+    return "rollout" if self.temperature == 0 else "sampler"
 
   @property
   def samples_path(self) -> pathlib.Path:
@@ -209,8 +225,8 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
                           else cfg.prompt_style,
           "temperature": cfg.temperature, "top_p": cfg.top_p,
           "max_new_tokens": cfg.max_new_tokens, "n_samples": cfg.n_samples, "seed": cfg.seed,
-          "greedy": cfg.temperature == 0, "samples_file": str(path), "reused": sum(have.values()),
-          "generated": len(jobs)}
+          "greedy": cfg.temperature == 0, "engine": cfg.resolved_engine,
+          "samples_file": str(path), "reused": sum(have.values()), "generated": len(jobs)}
   _check_same_generation(path, {k: meta[k] for k in _GENERATION_KEYS})
   meta["model"] = sampling.describe_model(cfg.checkpoint)  # the weights behind the score
   if not jobs:
@@ -220,27 +236,20 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
   model_cfg, params, tokenizer = sampling.load_model(cfg.checkpoint)
   if tokenizer is None:
     raise ValueError(f"checkpoint {cfg.checkpoint!r} has no tokenizer: cannot build prompts")
-  sampler = sampling.Sampler(model_cfg, params, tokenizer=tokenizer, max_batch=cfg.batch_size)
   encoded = {p.task_id: _prompt_ids(bench, p, cfg, tokenizer) for p, _ in jobs}
   # Similar lengths together waste less padding per batch.
   jobs.sort(key=lambda job: len(encoded[job[0].task_id]))
-  index = {p.task_id: i for i, p in enumerate(problems)}
   start, done = time.time(), 0
   path.parent.mkdir(parents=True, exist_ok=True)
+  decode = _decode_rollout if cfg.resolved_engine == "rollout" else _decode_sampler
   with path.open("a", encoding="utf-8") as f:
-    for i in range(0, len(jobs), cfg.batch_size):
-      chunk = jobs[i:i + cfg.batch_size]
-      params_list = [sampling.SamplingParams(
-          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-          stop=prompts_lib.stop_sequences(p, cfg.prompt_style),
-          seed=cfg.seed * 1_000_003 + index[p.task_id] * cfg.n_samples + j) for p, j in chunk]
-      completions = sampler.generate([encoded[p.task_id] for p, _ in chunk], params_list)
-      for (p, j), comp in zip(chunk, completions):
-        text = comp.text or ""
+    for chunk, completions in decode(cfg, problems, jobs, encoded, model_cfg, params, tokenizer):
+      for (p, j), (text, finish_reason) in zip(chunk, completions):
+        text = text or ""
         completion = (prompts_lib.fim_middle_text(text) if bench.scoring == "exact_match"
                       else prompts_lib.postprocess(p, text, cfg.prompt_style))
         f.write(_json_line({"task_id": p.task_id, "completion": completion, "sample": j,
-                            "finish_reason": comp.finish_reason, "raw": text}))
+                            "finish_reason": finish_reason, "raw": text}))
       f.flush()
       done += len(chunk)
       log.info("generated %d/%d samples (%.1f s)", done, len(jobs), time.time() - start)
@@ -248,7 +257,59 @@ def generate_samples(cfg: EvalConfig, problems: list[benchmarks_lib.Problem]) ->
   return meta
 
 
-_GENERATION_KEYS = ("checkpoint", "prompt_style", "temperature", "top_p", "max_new_tokens", "seed")
+_GENERATION_KEYS = ("checkpoint", "prompt_style", "temperature", "top_p", "max_new_tokens", "seed",
+                    "engine")
+ENGINES = ("auto", "rollout", "sampler")
+
+
+def _decode_sampler(cfg, problems, jobs, encoded, model_cfg, params, tokenizer):
+  """Fixed batches of cfg.batch_size prompts through sampling.Sampler; yields (jobs, [(text,
+  finish_reason)]) per batch."""
+  from seedcoder_jax import sampling
+  sampler = sampling.Sampler(model_cfg, params, tokenizer=tokenizer, max_batch=cfg.batch_size)
+  index = {p.task_id: i for i, p in enumerate(problems)}
+  for i in range(0, len(jobs), cfg.batch_size):
+    chunk = jobs[i:i + cfg.batch_size]
+    params_list = [sampling.SamplingParams(
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        stop=prompts_lib.stop_sequences(p, cfg.prompt_style),
+        seed=cfg.seed * 1_000_003 + index[p.task_id] * cfg.n_samples + j) for p, j in chunk]
+    completions = sampler.generate([encoded[p.task_id] for p, _ in chunk], params_list)
+    yield chunk, [(c.text, c.finish_reason) for c in completions]
+
+
+def _decode_rollout(cfg, problems, jobs, encoded, model_cfg, params, tokenizer):
+  """Greedy decoding through sampling.RolloutEngine: cfg.batch_size rows, a row refilled as soon
+  as its answer ends at EOS or a stop sequence. Yields (jobs, [(text, finish_reason)]) per block
+  of ROLLOUT_BLOCK batches (what an interrupted run keeps)."""
+  from seedcoder_jax.sampling import rollout as rollout_lib
+  eos = getattr(tokenizer, "eos_id", None)
+  stop_ids = () if eos is None else (eos,)
+
+  def text_of(tokens):
+    return tokenizer.decode([t for t in tokens if t not in stop_ids])
+
+  block = cfg.batch_size * ROLLOUT_BLOCK
+  for start in range(0, len(jobs), block):
+    chunk = jobs[start:start + block]  # jobs come sorted by prompt length
+    # The cache as long as this block needs (a decode step's cost grows with it); blocks of
+    # one prompt bucket share the compiled decode chunk.
+    longest = len(encoded[chunk[-1][0].task_id])
+    engine = rollout_lib.RolloutEngine(
+        model_cfg, params, slots=cfg.batch_size,
+        max_len=rollout_lib.bucket(longest, rollout_lib.MIN_PROMPT_BUCKET) + cfg.max_new_tokens)
+    stops = [prompts_lib.stop_sequences(p, cfg.prompt_style) for p, _ in chunk]
+    groups = engine.rollouts([encoded[p.task_id] for p, _ in chunk], group_size=1,
+                             max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=0,
+                             stop_ids=stop_ids,
+                             stop_when=lambda i, tokens: any(s in text_of(tokens)
+                                                             for s in stops[i]))
+    # As the Sampler returns it: the text before the earliest stop sequence, without EOS.
+    yield chunk, [(prompts_lib.truncate(text_of(g.tokens), stops[i]), g.finish_reason)
+                  for i, (g,) in enumerate(groups)]
+
+
+ROLLOUT_BLOCK = 4  # batches per engine call
 
 
 def _check_same_generation(samples_path: pathlib.Path, settings: dict) -> None:

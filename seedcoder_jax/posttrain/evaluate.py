@@ -20,7 +20,8 @@ from seedcoder_jax.posttrain.chat_template import ChatRenderer
 def pass_rate(spec: str, problem_list: Sequence[problems_lib.Problem], *, max_new_tokens: int,
               system_prompt: str = "You are a helpful coding assistant.", batch_size: int = 16,
               workers: int = 2) -> dict:
-  """{"pass_rate", "passed", "n", "format_errors", "seconds", "model"} of greedy replies."""
+  """{"pass_rate", "passed", "n", "passed_ids", "format_errors", "truncated", "seconds", "model"}
+  of greedy replies (passed_ids: the problems passed, for paired before/after comparisons)."""
   from seedcoder_jax import sampling
   if not problem_list:
     raise ValueError("no problems to evaluate on")
@@ -36,6 +37,7 @@ def pass_rate(spec: str, problem_list: Sequence[problems_lib.Problem], *, max_ne
   passed = dpo_pairs.judge(list(zip(problem_list, texts)), workers=workers)
   from seedcoder_jax.posttrain.problems import python_code
   return {"pass_rate": sum(passed) / len(passed), "passed": sum(passed), "n": len(passed),
+          "passed_ids": [p.id for p, ok in zip(problem_list, passed) if ok],
           "format_errors": sum(python_code(t or "") is None for t in texts),
           "truncated": sum(o.finish_reason == "length" for o in outs),
           "seconds": round(time.perf_counter() - t0, 1), "model": spec}

@@ -139,6 +139,17 @@ def build_batch(prompts, groups, *, group_size: int, rows: int, seq_len: int,
           {"overlong_filtered": filtered})
 
 
+def mini_batch_parts(batch: dict, mini_batches: int) -> tuple[list[dict], int]:
+  """The batch split into `mini_batches` equal row slices, without the slices that have no
+  trainable token (only padding rows of dropped groups, or only completions removed by overlong
+  filtering): an update on them would learn nothing yet still move the weights (Adam's momentum)
+  and cost a full forward and backward. Returns (slices to update on, how many were left out)."""
+  per = len(batch["mask"]) // mini_batches
+  parts = [{k: v[mb * per:(mb + 1) * per] for k, v in batch.items()} for mb in range(mini_batches)]
+  kept = [p for p in parts if p["mask"].any()]
+  return kept, len(parts) - len(kept)
+
+
 # --- evaluation -------------------------------------------------------------------------------------
 
 def evaluate(engine, params, problem_list, prompts, renderer, rl: RLConfig, max_new: int) -> float:
@@ -359,13 +370,12 @@ def train(raw: dict, workdir) -> dict:
       if ref_fn is not None and kept:
         batch["ref_logp"] = np.asarray(jax.device_get(ref_fn(
             ref_params, sharding_lib.place_batch(batch["tokens"], mesh))))
-      per = rows // rl.mini_batches
       update_metrics = []
       # No group kept (every one dropped, e.g. all rewards equal after max_sample_rounds): no
       # update this step, rather than an update on padding.
+      parts, skipped_updates = mini_batch_parts(batch, rl.mini_batches)
       for _ in range(rl.updates_per_batch if kept else 0):
-        for mb in range(rl.mini_batches):
-          part = {k: v[mb * per:(mb + 1) * per] for k, v in batch.items()}
+        for part in parts:
           expected = np.int32(int(jax.device_get(state.step)))
           state, m = step_fn(state, sharding_lib.place_batch(part, mesh), expected)
           m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -402,6 +412,7 @@ def train(raw: dict, workdir) -> dict:
              "sample_rounds": rounds, "pool_size": curriculum.pool_size,
              "overlong_filtered": bstats["overlong_filtered"], "update_tokens": trained,
              "updates": len(update_metrics),
+             "updates_skipped_empty": skipped_updates * rl.updates_per_batch if kept else 0,
              "time_rollout": times["rollout"], "time_reward": times["reward"],
              "time_update": times["update"], "group_size": g,
              "max_new_tokens": stage.max_new_tokens, "lr": float(opt_lib.learning_rate_schedule(

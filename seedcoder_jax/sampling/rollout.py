@@ -74,7 +74,7 @@ class RolloutStats:
   tokens: int = 0            # completion tokens returned
 
 
-def _bucket(n: int, minimum: int = 1) -> int:
+def bucket(n: int, minimum: int = 1) -> int:
   """The smallest power of two >= max(n, minimum)."""
   return 1 << (max(n, minimum) - 1).bit_length()
 
@@ -237,7 +237,7 @@ class RolloutEngine:
         raise ValueError(f"prompt {i} is empty")
       if not all(0 <= t < self.cfg.vocab_size for t in p):
         raise ValueError(f"prompt {i} has token ids outside [0, {self.cfg.vocab_size})")
-      t = _bucket(len(p), MIN_PROMPT_BUCKET)
+      t = bucket(len(p), MIN_PROMPT_BUCKET)
       if t + max_new_tokens - 1 > self.max_len:
         raise ValueError(f"prompt {i}: its {t}-token bucket + max_new_tokens {max_new_tokens} - 1 "
                          f"exceed the engine's max_len {self.max_len}")
@@ -260,11 +260,11 @@ class RolloutEngine:
     """One prefill launch per prompt bucket for the prompts `ids`; returns {id: (batch, row)}."""
     by_bucket: dict[int, list[int]] = {}
     for i in ids:
-      by_bucket.setdefault(_bucket(len(prompts[i]), MIN_PROMPT_BUCKET), []).append(i)
+      by_bucket.setdefault(bucket(len(prompts[i]), MIN_PROMPT_BUCKET), []).append(i)
     where = {}
     for t, group in by_bucket.items():
       m = self._multiple
-      p = -(-_bucket(len(group)) // m) * m
+      p = -(-bucket(len(group)) // m) * m
       tokens = np.zeros((p, t), np.int32)
       segments = np.zeros((p, t), np.int32)
       positions = np.zeros((p, t), np.int32)
@@ -283,8 +283,13 @@ class RolloutEngine:
 
   def rollouts(self, prompts: list[list[int]], *, group_size: int, max_new_tokens: int,
                temperature: float, seed: int, stop_ids: tuple[int, ...] = (),
-               params=None) -> list[list[Rollout]]:
-    """group_size rollouts of each prompt (token ids), in order: out[i][g]."""
+               params=None, stop_when=None) -> list[list[Rollout]]:
+    """group_size rollouts of each prompt (token ids), in order: out[i][g].
+
+    stop_when: optional host check `(prompt index, tokens so far) -> bool` run after every
+    decode chunk (e.g. a text stop sequence); a row it ends finishes as "stop" and keeps the
+    chunk's tokens, which may run past the stop point: the caller cuts the text.
+    """
     prompts = [[int(t) for t in p] for p in prompts]
     self._check(prompts, group_size, max_new_tokens, temperature)
     params = self._place_params(self.params if params is None else params)
@@ -293,7 +298,7 @@ class RolloutEngine:
     stop_ids = frozenset(int(s) for s in stop_ids)
     kind = _kind(temperature)
     # Short completions need no long chunk (one decode program per call shape, as the Sampler).
-    n_steps = min(self.chunk, _bucket(max_new_tokens - 1)) if max_new_tokens > 1 else 1
+    n_steps = min(self.chunk, bucket(max_new_tokens - 1)) if max_new_tokens > 1 else 1
     self.stats = stats = RolloutStats()
     out = [[None] * group_size for _ in prompts]
     queue = [(i, g) for i in range(len(prompts)) for g in range(group_size)]
@@ -349,6 +354,8 @@ class RolloutEngine:
           if s is not None:
             for token, logprob in zip(tokens_BN[b], logprobs_BN[b]):
               s.add(int(token), float(logprob), stop_ids, max_new_tokens)
+            if stop_when is not None and not s.done and stop_when(s.prompt, s.rollout.tokens):
+              s.rollout.finish_reason, s.done = "stop", True
         self._retire(slots, out, stats)
     return out
 
