@@ -113,7 +113,7 @@ def main(argv):
   cfg, params, prompts, eos, weights = _model_and_prompts()
   longest = max(len(p) for p in prompts)
   # The tightest cache for these prompts: decode reads every column each step.
-  max_len = rollout_lib._bucket(longest, rollout_lib.MIN_PROMPT_BUCKET) + _NEW.value
+  max_len = rollout_lib.bucket(longest, rollout_lib.MIN_PROMPT_BUCKET) + _NEW.value
   engine = RolloutEngine(cfg, params, slots=_SLOTS.value, max_len=max_len, chunk=_CHUNK.value)
 
   def run():
