@@ -2,7 +2,9 @@
 
 MFU here is model FLOPs (ModelConfig.flops_per_token: 6N plus causal attention, no remat
 recomputation) per second over the peak of a large jitted matmul in the compute dtype, measured
-on the same devices in the same process. On accelerators with a published peak, pass it instead.
+on the same devices in the same process, or, in bfloat16 on accelerators with a published peak
+(PUBLISHED_PEAK_BF16), that peak; either way summed over every device of every process, since the
+trainer's tokens per second count the global batch.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ import time
 import jax
 import jax.numpy as jnp
 
-# Published dense peaks per chip (bf16), FLOP/s, for MFU on known accelerators.
+# Published dense peaks per chip (bf16), FLOP/s, for MFU on known accelerators, keyed by
+# `device.device_kind` as the runtime reports it: v5p chips call themselves "TPU v5", v5e chips
+# "TPU v5 lite" (older runtimes: "TPU v5e"), v6e (Trillium) chips "TPU v6 lite".
 PUBLISHED_PEAK_BF16 = {
     "NVIDIA H100 80GB HBM3": 989e12,
     "NVIDIA H200": 989e12,
     "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
+    "TPU v5": 459e12,
     "TPU v5p": 459e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
     "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
 }
 
 
@@ -47,15 +54,17 @@ def measured_matmul_peak(dtype: str = "float32", n: int = 2048) -> float:
 
 
 def peak_flops(dtype: str = "float32") -> tuple[float, str]:
-  """(peak FLOP/s of all local devices, where it came from)."""
+  """(peak FLOP/s of all devices of all processes, where it came from): the denominator of MFU
+  for global tokens per second."""
   dev = jax.devices()[0]
   published = PUBLISHED_PEAK_BF16.get(dev.device_kind)
   if published is not None and dtype == "bfloat16":
-    return published * jax.local_device_count(), f"published bf16 peak of {dev.device_kind}"
+    return published * jax.device_count(), f"published bf16 peak of {dev.device_kind}"
   n = 4096 if dev.platform != "cpu" else 2048
   # Fake CPU devices share the same cores, so one device's measurement is the machine's peak.
-  count = 1 if dev.platform == "cpu" else jax.local_device_count()
-  return measured_matmul_peak(dtype, n) * count, f"measured {n}x{n} {dtype} matmul"
+  per_process = 1 if dev.platform == "cpu" else jax.local_device_count()
+  return (measured_matmul_peak(dtype, n) * per_process * jax.process_count(),
+          f"measured {n}x{n} {dtype} matmul")
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:

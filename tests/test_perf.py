@@ -1,0 +1,43 @@
+"""perf.peak_flops: the published peak of every chip of every host, by the runtime's device kind."""
+
+import dataclasses
+
+import jax
+import pytest
+
+from seedcoder_jax import perf
+
+
+@dataclasses.dataclass
+class FakeDevice:
+  device_kind: str
+  platform: str = "tpu"
+
+
+def _fake_pod(monkeypatch, kind: str, *, processes: int, local: int):
+  monkeypatch.setattr(jax, "devices", lambda *a: [FakeDevice(kind)] * (processes * local))
+  monkeypatch.setattr(jax, "device_count", lambda *a: processes * local)
+  monkeypatch.setattr(jax, "local_device_count", lambda *a: local)
+  monkeypatch.setattr(jax, "process_count", lambda *a: processes)
+  monkeypatch.setattr(perf, "measured_matmul_peak",
+                      lambda *a, **k: pytest.fail(f"{kind!r} fell back to a timed matmul"))
+
+
+@pytest.mark.parametrize("kind, per_chip", [("TPU v5", 459e12), ("TPU v5p", 459e12),
+                                            ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
+                                            ("TPU v6 lite", 918e12), ("TPU v4", 275e12),
+                                            ("NVIDIA H100 80GB HBM3", 989e12)])
+def test_published_peak_counts_every_chip_of_every_host(monkeypatch, kind, per_chip):
+  _fake_pod(monkeypatch, kind, processes=16, local=4)  # e.g. v5p-128: 64 chips on 16 hosts
+  peak, source = perf.peak_flops("bfloat16")
+  assert peak == per_chip * 64 and kind in source
+  # MFU of global tokens: 64 chips each at their peak is 1, not 16.
+  assert perf.mfu(1.0, peak, peak) == 1.0
+
+
+def test_measured_peak_is_summed_over_processes(monkeypatch):
+  monkeypatch.setattr(jax, "devices", lambda *a: [FakeDevice("cpu", "cpu")] * 8)
+  monkeypatch.setattr(jax, "process_count", lambda *a: 2)
+  monkeypatch.setattr(perf, "measured_matmul_peak", lambda *a, **k: 1e9)
+  peak, source = perf.peak_flops("float32")
+  assert peak == 2e9 and "measured" in source  # fake CPU devices share one host's cores
