@@ -147,18 +147,69 @@ def place_batch(local_batch, mesh: Mesh):
   return jax.tree.map(place, local_batch)
 
 
-def maybe_initialize_distributed() -> bool:
-  """Calls jax.distributed.initialize() on multi-process launches; returns whether it did.
+def _on_cloud_tpu_vm() -> bool:
+  """JAX's own verdict, made at import from the PCI bus and libtpu (no network)."""
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  return cloud_tpu_init.running_in_cloud_tpu_vm
 
-  Cloud TPU pod slices (several worker hostnames), Slurm jobs with more than one task, and explicit
-  coordinator settings (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and JAX_PROCESS_ID where no
-  cluster manager provides them) are multi-process; a single host is not. CPU processes exchange
-  collectives through gloo (JAX's CPU default has none across processes).
+
+def _gce_metadata(key: str) -> str:
+  """An attribute of this Cloud TPU VM from the GCE metadata server (JAX's query, with retries)."""
+  from jax._src.clusters import cloud_tpu_cluster  # pylint: disable=g-import-not-at-top
+  text, code = cloud_tpu_cluster.get_metadata(key)
+  return text if code == 200 else ""
+
+
+def _count(names: str) -> int:
+  return len([n for n in names.split(",") if n.strip()])
+
+
+def detect_cluster() -> str | None:
+  """The kind of multi-process cluster this process is one of, or None when it runs alone.
+
+  The same environments as JAX's own detection (jax._src.clusters), which
+  `jax.distributed.initialize()` then uses to find the coordinator, process count and id, but
+  only when there is more than one process, so that a laptop, the CPU tests, a one-host TPU VM or
+  a one-task Slurm job never start the distributed runtime:
+    explicit  JAX_COORDINATOR_ADDRESS (plus JAX_NUM_PROCESSES, JAX_PROCESS_ID off cluster managers)
+    slurm     inside `srun` (SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_PROCID...) with SLURM_NTASKS > 1
+    gketpu    a Cloud TPU VM whose TPU_WORKER_HOSTNAMES / TPU_PROCESS_ADDRESSES name several workers
+    gcetpu    a Cloud TPU VM whose metadata server lists several worker-network-endpoints (a slice
+              made by `gcloud compute tpus tpu-vm create`, launch/tpu/create_and_run.sh), or
+              several slices (MEGASCALE_NUM_SLICES)
+  The metadata server is asked only on a Cloud TPU VM without TPU_SKIP_MDS_QUERY, as JAX does.
   """
-  tpu_hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-  multi = (len(tpu_hosts) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-           or "JAX_COORDINATOR_ADDRESS" in os.environ)
-  if multi and not jax.distributed.is_initialized():
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return "explicit"
+  slurm_vars = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                "SLURM_LOCALID")
+  if all(v in env for v in slurm_vars) and int(env["SLURM_NTASKS"]) > 1:
+    return "slurm"
+  if not _on_cloud_tpu_vm():
+    return None
+  if int(env.get("MEGASCALE_NUM_SLICES") or 1) > 1:
+    return "gketpu" if "TPU_WORKER_HOSTNAMES" in env else "gcetpu"
+  workers = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES")
+  if workers is not None:
+    return "gketpu" if _count(workers) > 1 else None
+  if env.get("TPU_SKIP_MDS_QUERY") is None and _count(_gce_metadata("worker-network-endpoints")) > 1:
+    return "gcetpu"
+  return None
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls jax.distributed.initialize() when detect_cluster() finds several processes; returns
+  whether this is a multi-process run.
+
+  JAX finds the coordinator, process count and id itself (from Slurm, the TPU environment or its
+  metadata server); only JAX_NUM_PROCESSES and JAX_PROCESS_ID, which JAX does not read, are passed
+  on. CPU processes exchange collectives through gloo (JAX's CPU default has none across processes).
+  """
+  cluster = detect_cluster()
+  if cluster is None:
+    return False
+  if not jax.distributed.is_initialized():
     kwargs = {}
     if "JAX_NUM_PROCESSES" in os.environ:
       kwargs = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
@@ -166,4 +217,6 @@ def maybe_initialize_distributed() -> bool:
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
-  return multi
+    if jax.process_index() == 0:
+      print(f"[distributed] {cluster} cluster: {jax.process_count()} processes", flush=True)
+  return True

@@ -152,8 +152,77 @@ def test_train_step_on_mesh_with_accumulation_equals_single_device(loss_chunk):
     assert error <= 1e-3, f"{jax.tree_util.keystr(path)}: update differs by {error:.3g} of its norm"
 
 
-def test_maybe_initialize_distributed_is_noop_on_one_host(monkeypatch):
-  for var in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS"):
+CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
+                "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
+                "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_SKIP_MDS_QUERY",
+                "MEGASCALE_NUM_SLICES")
+GCE_WORKERS = "t1v-n-0:0:10.0.0.2,t1v-n-1:1:10.0.0.3,t1v-n-2:2:10.0.0.4,t1v-n-3:3:10.0.0.5"
+
+
+@pytest.fixture
+def cluster_env(monkeypatch):
+  """A simulated host: no cluster variables, not a TPU VM, the metadata server out of reach and
+  jax.distributed.initialize recorded instead of run. Returns (set env, TPU VM metadata, calls)."""
+  for var in CLUSTER_VARS + ("JAX_PLATFORMS",):  # JAX_PLATFORMS=cpu would switch on gloo
     monkeypatch.delenv(var, raising=False)
-  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
-  assert sh.maybe_initialize_distributed() is False
+  metadata, calls = {}, []
+  monkeypatch.setattr(sh, "_on_cloud_tpu_vm", lambda: bool(metadata))
+  def query(key):
+    assert metadata, "asked the metadata server off a Cloud TPU VM"
+    return metadata.get(key, "")
+  monkeypatch.setattr(sh, "_gce_metadata", query)
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  return (lambda **env: [monkeypatch.setenv(k, v) for k, v in env.items()]), metadata, calls
+
+
+def test_laptop_is_not_a_cluster(cluster_env):
+  setenv, _, calls = cluster_env
+  assert sh.detect_cluster() is None and sh.maybe_initialize_distributed() is False
+  setenv(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="n1", SLURM_NTASKS="1", SLURM_PROCID="0",
+         SLURM_LOCALID="0")  # a one-task Slurm job
+  assert sh.detect_cluster() is None
+  setenv(TPU_WORKER_HOSTNAMES="localhost")  # off a TPU VM the TPU variables mean nothing
+  assert sh.detect_cluster() is None and calls == []
+
+
+def test_gce_tpu_vm_slice_detected_from_the_metadata_server(cluster_env, monkeypatch):
+  """launch/tpu/create_and_run.sh's slice: no TPU_WORKER_HOSTNAMES, workers in the metadata."""
+  _, metadata, calls = cluster_env
+  metadata.update({"worker-network-endpoints": GCE_WORKERS, "agent-worker-number": "2"})
+  assert sh.detect_cluster() == "gcetpu"
+  assert sh.maybe_initialize_distributed() is True and calls == [{}]  # JAX finds the rest
+  metadata["worker-network-endpoints"] = "t1v-n-0:0:10.0.0.2"  # a one-host TPU VM (v5e-8)
+  assert sh.detect_cluster() is None
+  monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
+  metadata["worker-network-endpoints"] = GCE_WORKERS
+  assert sh.detect_cluster() is None
+
+
+def test_gke_tpu_detected_from_worker_hostnames(cluster_env):
+  setenv, metadata, calls = cluster_env
+  metadata["agent-worker-number"] = "0"  # a TPU VM, but GKE's variables decide
+  setenv(TPU_WORKER_HOSTNAMES="w-0.svc,w-1.svc,w-2.svc,w-3.svc", TPU_WORKER_ID="1")
+  assert sh.detect_cluster() == "gketpu"
+  assert sh.maybe_initialize_distributed() is True and calls == [{}]
+  setenv(TPU_WORKER_HOSTNAMES="localhost")
+  assert sh.detect_cluster() is None
+  setenv(MEGASCALE_NUM_SLICES="2")  # one host per slice, two slices
+  assert sh.detect_cluster() == "gketpu"
+
+
+def test_slurm_detected_inside_srun(cluster_env):
+  setenv, _, calls = cluster_env
+  setenv(SLURM_JOB_ID="7", SLURM_NTASKS="2")  # sbatch's script itself: no step yet
+  assert sh.detect_cluster() is None
+  setenv(SLURM_STEP_NODELIST="gpu[01-02]", SLURM_PROCID="1", SLURM_LOCALID="0")
+  assert sh.detect_cluster() == "slurm"
+  assert sh.maybe_initialize_distributed() is True and calls == [{}]
+
+
+def test_explicit_coordinator_passes_the_process_count_and_id(cluster_env):
+  setenv, _, calls = cluster_env
+  setenv(JAX_COORDINATOR_ADDRESS="127.0.0.1:1234", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="1")
+  assert sh.detect_cluster() == "explicit"
+  assert sh.maybe_initialize_distributed() is True
+  assert calls == [{"num_processes": 2, "process_id": 1}]
