@@ -126,6 +126,9 @@ def base() -> ml_collections.ConfigDict:
   c.ckpt.every_steps = 100
   c.ckpt.keep = 3
   c.ckpt.async_save = True
+  # Checkpoints exist but every one is corrupt (truncated or missing files): False refuses to
+  # start; True starts over from config.init, the corrupt ones moved aside (corrupt-<step>-<time>).
+  c.ckpt.allow_fresh_start = False
 
   # Held-out loss on the pipeline's eval split.
   c.eval = ml_collections.ConfigDict()

@@ -1,4 +1,5 @@
-"""Training checkpoints: exact round trip of state and Grain iterator, corrupt-newest fallback."""
+"""Training checkpoints: exact round trip of state and Grain iterator; corrupt steps (judged from
+their files) fall back to older ones, mismatches and all-corrupt workdirs are refused by name."""
 
 import pathlib
 
@@ -31,6 +32,15 @@ def _same(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _truncate(step_dir):
+  """Every array file of a step cut to half its size (a crash or a bad disk)."""
+  files = [f for f in (step_dir / ck.STATE).rglob("*") if f.is_file() and f.stat().st_size > 64
+           and "/d/" in str(f)]
+  assert files
+  for f in files:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
 def _save_two(directory, state):
   """Steps 1 and 2 with different states and iterator positions; returns the next batches."""
   it = toy_data.make_iterator(**DATA)
@@ -61,22 +71,20 @@ def test_round_trip_state_and_iterator(tmp_path, setup):
 def test_corrupt_newest_falls_back_to_previous(tmp_path, setup, capsys):
   _, _, state, target = setup
   after1, _ = _save_two(tmp_path, state)
-  # Truncate every array file of step 2 to half its size (a crash or a bad disk).
-  files = [f for f in (tmp_path / "2" / ck.STATE).rglob("*") if f.is_file() and f.stat().st_size > 64
-           and "/d/" in str(f)]
-  assert files
-  for f in files:
-    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  _truncate(tmp_path / "2")
   c = ck.Checkpointer(tmp_path)
   it = toy_data.make_iterator(**DATA)
   r = c.restore_latest(*target, data_iterator=it)
   assert r is not None and r.step == 1
   out = capsys.readouterr().out
-  assert f"checkpoint {tmp_path}/2 is unreadable" in out and "falling back" in out
+  assert f"checkpoint {tmp_path}/2 is corrupt (state/" in out and "bytes, " in out
+  assert "falling back" in out and list(r.skipped) == [2]
   np.testing.assert_array_equal(next(it)["inputs"], after1["inputs"])
-  # The bad step is moved aside, so a later save of step 2 is possible and it is never read again.
+  # The bad step is moved aside with its reason, so a later save of step 2 is possible and it is
+  # never read again.
   assert c.all_steps() == [1]
-  assert any(p.name.startswith("corrupt-2-") for p in tmp_path.iterdir())
+  [aside] = [p for p in tmp_path.iterdir() if p.name.startswith("corrupt-2-")]
+  assert "bytes" in (aside / "why.txt").read_text()
   c.save(2, r.state, it)
   c.close()
   assert ck.Checkpointer(tmp_path).all_steps() == [1, 2]
@@ -104,3 +112,44 @@ def test_restore_params_only(tmp_path, setup):
   with pytest.raises(FileNotFoundError, match="no readable checkpoint"):
     ck.restore_params(pathlib.Path(tmp_path) / "nothing", model.abstract_params(CFG),
                       sh.param_shardings(CFG, mesh))
+
+
+def test_shape_change_is_a_named_error_and_nothing_is_skipped(tmp_path, setup, monkeypatch):
+  mesh, opt, state, _ = setup
+  _save_two(tmp_path, state)
+  wider = CFG.replace(d_ff=CFG.d_ff * 2)
+  c = ck.Checkpointer(tmp_path)
+  with pytest.raises(ck.CheckpointMismatchError,
+                     match=r"params/layers/mlp/up_proj/kernel: checkpoint \(2, 128, 384\), this run "
+                           r"\(2, 128, 768\)"):
+    c.restore_latest(step_lib.abstract_state(wider, opt), step_lib.state_shardings(wider, opt, mesh),
+                     data_iterator=toy_data.make_iterator(**DATA))
+  assert c.all_steps() == [1, 2]  # both steps kept, none moved aside
+  untied = CFG.replace(tie_embeddings=not CFG.tie_embeddings)
+  with pytest.raises(ck.CheckpointMismatchError, match="tree structure: only in the checkpoint"):
+    c.restore_latest(step_lib.abstract_state(untied, opt),
+                     step_lib.state_shardings(untied, opt, mesh))
+  # Grain iterator state is one file per process: saved by 1, resumed by 2 is refused by name.
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with pytest.raises(ck.CheckpointMismatchError,
+                     match="Grain iterator state saved by 1 processes, this run has 2"):
+    ck.check_matches(tmp_path / "2", step_lib.abstract_state(CFG, opt), with_data=True)
+  c.close()
+
+
+def test_all_corrupt_refuses_to_start_over_unless_allowed(tmp_path, setup):
+  _, _, state, target = setup
+  _save_two(tmp_path, state)
+  _truncate(tmp_path / "2")
+  (tmp_path / "1" / ck.META / "metadata").unlink()
+  c = ck.Checkpointer(tmp_path)
+  with pytest.raises(ck.NoRestorableCheckpointError,
+                     match=r"step 2: state/.* bytes.*step 1: meta/metadata is missing.*"
+                           r"config.ckpt.allow_fresh_start=True"):
+    c.restore_latest(*target, data_iterator=toy_data.make_iterator(**DATA))
+  assert c.all_steps() == [1, 2]  # untouched, for a look
+  c.close()
+  c = ck.Checkpointer(tmp_path, ck.CheckpointConfig(allow_fresh_start=True))
+  assert c.restore_latest(*target, data_iterator=toy_data.make_iterator(**DATA)) is None
+  assert c.all_steps() == [] and len(list(tmp_path.glob("corrupt-*/why.txt"))) == 2
+  c.close()

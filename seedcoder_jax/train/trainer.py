@@ -290,6 +290,8 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
                                  step_lib.state_shardings(cfg.model, optimizer, mesh), iterator)
   if restored is not None:
     state, start, source = restored.state, restored.step, f"checkpoint {ckpt.directory}/{restored.step}"
+    if restored.skipped:
+      source += f" (corrupt newer steps skipped and set aside: {sorted(restored.skipped)})"
   else:
     state, source = initial_state(cfg, optimizer, mesh)
     start = 0
