@@ -24,6 +24,9 @@ Variants:
                  tokens (8M tokens/step), FSDP over all chips, bf16 matmuls, full remat; compile it
                  here with `python launch/aot_compile.py --config=configs/pretrain.py:8b
                  --topology=v5p-512`. `8b_phase2` is its 32K continued pretraining.
+  8b_gpu, 8b_phase2_gpu: the same runs on NVIDIA GPUs (launch/gpu/train.slurm) with cuDNN
+                 attention (phase 2 at 32K: the blocked pure-JAX "flash") instead of the TPU-only
+                 splash kernel; the trainer refuses splash off TPU and cuDNN on TPU before compiling.
 
 The paper's schedule (DESIGN.md): phase 1 at 8K with peak LR 3e-4; continued pretraining 8K -> 32K
 with LR 3e-4/sqrt(10) then 3e-5 (warmup-stable-decay below); 6T tokens in all.
@@ -211,11 +214,14 @@ def smollm2_135m(c):
   c.eval.every_steps = 50
 
 
-def seed_coder_8b(c, *, phase: int):
+def seed_coder_8b(c, *, phase: int, gpu: bool = False):
   c.model.preset = "seed_coder_8b"
   c.model.compute_dtype = "bfloat16"
   c.model.remat = "full"
-  c.model.attention_impl = "splash"  # the Pallas TPU kernel
+  # splash: the Pallas TPU kernel. GPU: cuDNN's fused attention at 8K; at 32K its dense
+  # [B, 1, T, S] segment mask (model/attention.py) would cost 2 GiB per row and layer, so phase 2
+  # uses the blocked pure-JAX "flash", which builds no mask.
+  c.model.attention_impl = ("cudnn" if phase == 1 else "flash") if gpu else "splash"
   # LM head + loss over 1024-position slices: no [B, T, 155K] float32 logits (launch/aot_compile.py,
   # v5p-128, one 8K sequence per chip, flash attention: 17.1 GiB per chip instead of 20.6).
   c.model.loss_chunk = 1024
@@ -258,6 +264,8 @@ VARIANTS = {
     "smollm2_135m": smollm2_135m,
     "8b": lambda c: seed_coder_8b(c, phase=1),
     "8b_phase2": lambda c: seed_coder_8b(c, phase=2),
+    "8b_gpu": lambda c: seed_coder_8b(c, phase=1, gpu=True),
+    "8b_phase2_gpu": lambda c: seed_coder_8b(c, phase=2, gpu=True),
 }
 
 

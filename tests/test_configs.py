@@ -1,5 +1,6 @@
 """Every variant of configs/pretrain.py builds a valid PretrainConfig (before any data or devices)."""
 
+import dataclasses
 import importlib.util
 
 import pytest
@@ -35,6 +36,24 @@ def test_1b_variant_is_the_one_gpu_shape():
   cfg = config_lib.from_tree(pretrain_configs.get_config("1b").to_dict())
   assert 1.5e9 < cfg.model.n_params < 1.7e9  # 1.0B without the untied embedding and head
   assert (cfg.model.compute_dtype, cfg.model.attention_impl) == ("bfloat16", "cudnn")
+
+
+def test_pod_variants_attention_matches_their_backend(tmp_path):
+  """The TPU pod configs use splash, which the trainer refuses on GPU; their *_gpu twins differ
+  only in the attention kernel and pass on GPU."""
+  for tpu_variant in ("8b", "8b_phase2"):
+    tpu = _from_tree(pretrain_configs.get_config(tpu_variant), tmp_path)
+    gpu = _from_tree(pretrain_configs.get_config(f"{tpu_variant}_gpu"), tmp_path)
+    config_lib.check_backend(tpu.model, "tpu")
+    with pytest.raises(config_lib.ConfigError,
+                       match="config.model.attention_impl='splash' is a tpu kernel.*backend is 'gpu'"):
+      config_lib.check_backend(tpu.model, "gpu")
+    config_lib.check_backend(gpu.model, "gpu")
+    assert gpu.model.attention_impl in ("cudnn", "flash")
+    assert gpu.model.replace(attention_impl="splash") == tpu.model
+    assert dataclasses.replace(gpu, model=tpu.model) == tpu
+  slurm = (config_files.CONFIG_DIR.parent / "launch" / "gpu" / "train.slurm").read_text()
+  assert "configs/pretrain.py:8b_gpu" in slurm and "configs/pretrain.py:8b " not in slurm
 
 
 def test_unknown_variant_is_refused_with_the_known_ones():

@@ -172,6 +172,20 @@ def test_bad_config_refused_before_compiling(tmp_path, monkeypatch, change, mess
   assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("impl, backend", [("splash", "gpu"), ("splash", "cpu"), ("cudnn", "tpu")])
+def test_attention_kernel_of_another_backend_refused_before_compiling(tmp_path, monkeypatch, impl,
+                                                                      backend):
+  def no_compile(*a, **k):
+    raise AssertionError("compiled despite a kernel/backend mismatch")
+  monkeypatch.setattr(trainer, "jit_guarded_step", no_compile)
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  data = toy_data.source(batch_size=B, seq_len=T, vocab_size=512)
+  with pytest.raises(trainer.ConfigError,
+                     match=f"config.model.attention_impl='{impl}' .* backend is '{backend}'"):
+    trainer.run(toy_config(model={"preset": "tiny", "attention_impl": impl}), tmp_path, data=data)
+  assert not (tmp_path / "checkpoints").exists()
+
+
 def _run_launcher(workdir, variant, *overrides, timeout=900):
   cmd = [sys.executable, str(ROOT / "launch" / "train.py"),
          f"--config={ROOT / 'configs' / 'pretrain.py'}:{variant}", f"--workdir={workdir}", *overrides]

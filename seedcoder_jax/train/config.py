@@ -136,6 +136,24 @@ def _positive(name: str, value) -> None:
     raise ConfigError(f"{name}={value!r} must be a positive integer")
 
 
+# Attention kernels that exist for one backend only: splash is a Pallas TPU kernel (elsewhere it
+# runs in Pallas interpret mode, orders of magnitude slower), cuDNN an NVIDIA library (on TPU
+# jax.nn.dot_product_attention would run XLA's dense-mask composite instead). cuDNN on CPU is the
+# documented XLA fallback that the CPU tests use, so it is not refused.
+KERNEL_BACKENDS = {"splash": ("tpu",), "cudnn": ("gpu", "cpu")}
+
+
+def check_backend(model: ModelConfig, backend: str) -> None:
+  """Refuses an attention kernel that the backend (jax.default_backend()) cannot run natively,
+  before anything is compiled; the message names the setting, the backend and the alternatives."""
+  allowed = KERNEL_BACKENDS.get(model.attention_impl)
+  if allowed is not None and backend not in allowed:
+    raise ConfigError(
+        f"config.model.attention_impl={model.attention_impl!r} is a {'/'.join(allowed)} kernel but "
+        f"this run's backend is {backend!r}; use 'cudnn' on GPU, 'splash' on TPU, 'flash' or 'xla' "
+        f"anywhere (configs/pretrain.py has *_gpu variants of the TPU pod configs)")
+
+
 def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
   """Validates a config tree and returns the frozen PretrainConfig."""
   tree = dict(tree)

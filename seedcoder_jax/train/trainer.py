@@ -40,7 +40,7 @@ from seedcoder_jax.train import checkpoint as ckpt_lib
 from seedcoder_jax.train import metrics as metrics_lib
 from seedcoder_jax.train import optimizer as opt_lib
 from seedcoder_jax.train import step as step_lib
-from seedcoder_jax.train.config import ConfigError, PretrainConfig, from_tree
+from seedcoder_jax.train.config import ConfigError, PretrainConfig, check_backend, from_tree
 
 CHECKPOINTS = "checkpoints"
 
@@ -243,6 +243,7 @@ def validate(cfg: PretrainConfig, mesh, rows_per_example: int = 1) -> None:
   """Every check that needs the devices (the rest is in config.from_tree), before compiling.
 
   rows_per_example: batch rows per config.data.batch_size unit (DPO: 2, a pair's two replies)."""
+  check_backend(cfg.model, jax.default_backend())
   try:
     sharding_lib.check_params_fit(cfg.model, mesh)
   except sharding_lib.MeshError as e:
