@@ -44,6 +44,12 @@ def _config(**changes):
   return c
 
 
+# Characters str.splitlines() splits at: json.dumps(ensure_ascii=False) leaves the last three raw.
+LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+SEPARATORS_PY = "".join(f"# line break {ord(c):#06x}: [{c}]\nS{i} = '[{c}]'\n"
+                        for i, c in enumerate(LINE_BREAKS))
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
   root = tmp_path_factory.mktemp("repos")
@@ -64,6 +70,7 @@ def inputs(tmp_path_factory):
   enc = (STDLIB / "json" / "encoder.py").read_text().splitlines()
   (junk / "encoder_fork.py").write_text("\n".join(enc[:100] + ["# forked"] + enc[100:]))  # near
   (junk / "notes.txt").write_text("a text file\n")
+  (junk / "separators.py").write_text(SEPARATORS_PY, encoding="utf-8")
   sol = decontam.benchmark_texts("humaneval")["HumanEval/0"]
   (junk / "contaminated.py").write_text((STDLIB / "textwrap.py").read_text() + "\n\n" + sol)
   # Archives: a good one (stdlib html, in a top-level directory) and a truncated one.
@@ -115,6 +122,20 @@ def test_every_input_accounted(curated, inputs):
     stats_lib.check_accounting({**stats, "kept": stats["kept"] + 1})
 
 
+def test_pass_outputs_keep_unicode_line_breaks(tmp_path):
+  """Records holding each character str.splitlines() splits at survive a pass's JSONL output
+  (written by Beam's WriteToText) and the driver's reading of it, one record per line."""
+  import apache_beam as beam
+  recs = [{"id": f"file:r/{i}.py", "text": f"a{c}b\n{c}", "kind": "file"}
+          for i, c in enumerate(LINE_BREAKS)]
+  with beam.Pipeline(options=pipeline.beam_options([])) as p:
+    pipeline._write_jsonl(p | beam.Create(recs), str(tmp_path / "records"), "R")
+  written = next(tmp_path.glob("records*.jsonl")).read_bytes()
+  assert "\u2028".encode() in written and written.count(b"\n") == len(recs)
+  assert sorted(pipeline._read_lines(str(tmp_path / "records*.jsonl")),
+                key=lambda r: r["id"]) == sorted(recs, key=lambda r: r["id"])
+
+
 @pytest.mark.slow
 def test_corpus_reads_back_through_grain(curated):
   import grain
@@ -127,6 +148,7 @@ def test_corpus_reads_back_through_grain(curated):
   assert all(k == "file" and 0.0 <= s <= 10.0 for _, k, s in rows)
   rec = c.source[[p for p, _, _ in rows].index("decoder.py")]
   assert rec["text"] == (STDLIB / "json" / "decoder.py").read_text() and rec["repo"] == "json"
+  assert c.source[[p for p, _, _ in rows].index("separators.py")]["text"] == SEPARATORS_PY
   assert c.metadata["score_kind"] == "heuristic"
   repo = corpus_lib.open_corpus(workdir / "repo_corpus")
   assert {repo.source[i]["repo"] for i in range(len(repo))} >= {"json"}

@@ -230,11 +230,17 @@ def _fs():
 
 
 def _read_lines(pattern: str) -> list[dict]:
+  """The JSON records of every file matching `pattern`, one per line.
+
+  Split on "\\n" only: str.splitlines() also splits at U+2028, U+2029 and U+0085, which
+  json.dumps(ensure_ascii=False) leaves raw inside strings (it escapes the ASCII control
+  characters, "\\r" included, so Beam's ReadFromText, which also splits at "\\r\\n", is safe).
+  """
   fs = _fs()
   out = []
   for m in sorted((md.path for r in fs.match([pattern]) for md in r.metadata_list)):
     with fs.open(m, compression_type="uncompressed") as f:
-      out.extend(json.loads(line) for line in f.read().decode("utf-8").splitlines() if line)
+      out.extend(json.loads(line) for line in f.read().decode("utf-8").split("\n") if line.strip())
   return out
 
 
