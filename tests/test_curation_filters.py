@@ -103,6 +103,29 @@ def test_archives(tmp_path):
   assert out[0]["id"] == f"archive:{bad}"
 
 
+def test_archive_members_outside_the_tree_are_counted(tmp_path):
+  """Members named "../x" or "/x" (tar-slip names) are inputs rejected "unsafe_path", and they do
+  not stop the common top-level directory from being stripped."""
+  from seedcoder_jax.curation import records
+  archive = tmp_path / "proj-main.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    for name in ("proj-main/a.py", "proj-main/pkg/../b.py", "proj-main/../../evil.py",
+                 "../outside.py", "/etc/abs.py"):
+      data = b"x = 1\n"
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  with tarfile.open(archive) as tar:
+    assert "/etc/abs.py" in tar.getnames()  # tarfile writes the name as given
+  items = list(ingest.ingest_paths([str(archive)], ingest.IngestConfig()))
+  assert len(items) == 5
+  assert sorted(i["id"] for i in items if "text" in i) == ["file:proj-main/a.py",
+                                                             "file:proj-main/b.py"]
+  assert records.count_rejections(i for i in items if "text" not in i) == {"ingest/unsafe_path": 3}
+  assert all(ingest.unsafe_member_path(n) for n in ("../x", "a/../../x", "/x", ".."))
+  assert not any(ingest.unsafe_member_path(n) for n in ("x", "a/../x", "./x", "a..b/x"))
+
+
 CASES = {
     "python": ("def f(x):\n  return [i for i in x]\n", "def f(x:\n  return\n"),
     "c": ("int main(void) { return 0; }\n", "int main(void) { return 0;\n"),

@@ -7,7 +7,8 @@ An input path is one repository:
   tree and are not read;
 - a .tar / .tar.gz / .tgz archive (local or any Beam filesystem, e.g. gs://), named after the
   archive without its extension; when all members share one top-level directory (GitHub's
-  "repo-<sha>/" tarballs) that directory is stripped from the paths.
+  "repo-<sha>/" tarballs) that directory is stripped from the paths. A member with an absolute
+  path or one that leaves the archive ("../x") is an input rejected "unsafe_path".
 
 Every regular file read is an input and ends either as a record (kind "file", id
 "file:<repo>/<path>") or as a rejection of stage "ingest" with one of REASONS. A corrupt archive
@@ -30,7 +31,7 @@ from seedcoder_jax.curation import records
 
 STAGE = "ingest"
 REASONS = ("binary", "non_utf8", "too_large", "empty", "unknown_language", "unreadable",
-           "symlink", "corrupt_archive")
+           "symlink", "corrupt_archive", "unsafe_path")
 
 EXTENSIONS = {
     ".py": "python", ".pyi": "python", ".pyw": "python",
@@ -186,6 +187,16 @@ def read_file(repo: str, path: str, full: str, cfg: IngestConfig) -> dict:
   return classify(repo, path, data, cfg)
 
 
+def unsafe_member_path(name: str) -> bool:
+  """An archive member name that is absolute or, normalised, climbs out of the archive ("..").
+
+  Such members are rejected "unsafe_path" (the names Python's tarfile "data" filter refuses):
+  a repository's files never have them, a crafted archive does.
+  """
+  name = posixpath.normpath(name)
+  return name.startswith("/") or name == ".." or name.startswith("../")
+
+
 def read_archive(archive: str, cfg: IngestConfig) -> list[dict]:
   """Every member of a tar archive -> records and rejections; a corrupt archive -> one rejection."""
   from apache_beam.io.filesystems import FileSystems
@@ -209,13 +220,18 @@ def read_archive(archive: str, cfg: IngestConfig) -> list[dict]:
   except (tarfile.TarError, OSError, EOFError, ValueError) as e:
     return [records.reject(f"archive:{archive}", STAGE, "corrupt_archive",
                            f"{type(e).__name__}: {e} (after {len(members)} member(s))")]
-  names = [posixpath.normpath(n.lstrip("/")) for n, _ in members]
-  tops = {n.split("/", 1)[0] for n in names}
-  strip = len(tops) == 1 and all("/" in n for n in names)
+  names = [posixpath.normpath(n) for n, _ in members]
+  safe = [not unsafe_member_path(n) for n in names]
+  tops = {n.split("/", 1)[0] for n, ok in zip(names, safe) if ok}
+  strip = len(tops) == 1 and all("/" in n for n, ok in zip(names, safe) if ok)
   out = []
-  for name, (_, content) in zip(names, members):
+  for name, ok, (raw_name, content) in zip(names, safe, members):
+    if not ok:  # counted, never read into the tree (tar-slip style names)
+      out.append(records.reject(records.record_id("file", repo, raw_name), STAGE, "unsafe_path",
+                                f"archive member {raw_name!r} is absolute or leaves the archive"))
+      continue
     parts = name.split("/")
-    if any(p in SKIP_DIRS for p in parts[:-1]) or ".." in parts:
+    if any(p in SKIP_DIRS for p in parts[:-1]):
       continue
     path = name.split("/", 1)[1] if strip else name
     rid = records.record_id("file", repo, path)
