@@ -126,6 +126,134 @@ def test_archive_members_outside_the_tree_are_counted(tmp_path):
   assert not any(ingest.unsafe_member_path(n) for n in ("x", "a/../x", "./x", "a..b/x"))
 
 
+# A C++ header (namespace, class template, std types) and a C header (include guard, the
+# extern "C" linkage guard, typedef'd struct, enum, macro, prototypes, a static inline function).
+CPP_HEADER = """\
+// ring_buffer.h: a fixed-capacity FIFO over a std::array.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <optional>
+
+namespace util {
+
+template <typename T, std::size_t N>
+class RingBuffer {
+ public:
+  bool push(const T& value) {
+    if (size_ == N) return false;
+    items_[(head_ + size_) % N] = value;
+    ++size_;
+    return true;
+  }
+
+  std::optional<T> pop() {
+    if (size_ == 0) return std::nullopt;
+    T value = items_[head_];
+    head_ = (head_ + 1) % N;
+    --size_;
+    return value;
+  }
+
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+
+ private:
+  std::array<T, N> items_{};
+  std::size_t head_ = 0;
+  std::size_t size_ = 0;
+};
+
+}  // namespace util
+"""
+C_HEADER = """\
+/* vec.h: a growable array of doubles. */
+#ifndef VEC_H
+#define VEC_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct vec {
+  double *data;
+  size_t len;
+  size_t cap;
+} vec_t;
+
+enum vec_status { VEC_OK = 0, VEC_NOMEM = 1 };
+
+#define VEC_INIT { NULL, 0, 0 }
+
+int vec_push(vec_t *v, double x);
+double vec_get(const vec_t *v, size_t i);
+void vec_free(vec_t *v);
+
+static inline size_t vec_len(const vec_t *v) { return v->len; }
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VEC_H */
+"""
+C_SOURCE = '#include "vec.h"\n#include <stdlib.h>\n\nvoid vec_free(vec_t *v) { free(v->data); }\n'
+CPP_SOURCE = ('#include "ring_buffer.h"\n\nint main() {\n  util::RingBuffer<int, 4> b;\n'
+              '  b.push(1);\n  return b.empty() ? 1 : 0;\n}\n')
+
+
+def _repo(root, files):
+  root.mkdir()
+  for name, text in files.items():
+    (root / name).write_text(text)
+  return root
+
+
+def test_headers_are_c_or_cpp_by_repository_then_by_grammar(tmp_path):
+  """".h" is C++ in a repository of C++ sources, C in one of C sources; undecided (header-only,
+  or C and C++ mixed) the C grammar is tried first, then C++. Every header then passes the
+  syntax filter."""
+  repos = {
+      "cpplib": {"ring_buffer.h": CPP_HEADER, "main.cpp": CPP_SOURCE},
+      "clib": {"vec.h": C_HEADER, "vec.c": C_SOURCE},
+      "headers": {"ring_buffer.h": CPP_HEADER, "vec.h": C_HEADER},
+      "mixed": {"ring_buffer.h": CPP_HEADER, "vec.h": C_HEADER, "vec.c": C_SOURCE,
+                "main.cpp": CPP_SOURCE},
+  }
+  dirs = [str(_repo(tmp_path / name, files)) for name, files in repos.items()]
+  archive = tmp_path / "cpparchive-main.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(tmp_path / "cpplib", arcname="cpparchive-main")
+  items = _by_id(ingest.ingest_paths(dirs + [str(archive)], ingest.IngestConfig()))
+  expected = {"cpplib/ring_buffer.h": "cpp", "clib/vec.h": "c", "headers/ring_buffer.h": "cpp",
+              "headers/vec.h": "c", "mixed/ring_buffer.h": "cpp", "mixed/vec.h": "c",
+              "cpparchive-main/ring_buffer.h": "cpp"}
+  assert {k: items[f"file:{k}"]["language"] for k in expected} == expected
+  for rec in items.values():
+    assert syntax.check_syntax(rec).get("syntax") == "ok", (rec["id"], syntax.check_syntax(rec))
+  # The repository decides before the grammar: a C repository's header stays C.
+  assert ingest.header_language(CPP_HEADER, "c") == "c"
+  assert ingest.repo_header_language(["a.c", "b.h"]) == "c"
+  assert ingest.repo_header_language(["a.cc", "b.hpp", "b.h"]) == "cpp"
+  assert ingest.repo_header_language(["a.c", "b.cpp"]) == ingest.repo_header_language(["b.h"]) == ""
+
+
+def test_c_linkage_guard_parses():
+  """The `#ifdef __cplusplus / extern "C" {` guard split over two conditionals is no syntax error
+  (Tree-sitter alone reports "missing #endif"); positions of real errors stay right."""
+  for language in ("c", "cpp"):
+    rec = {"id": "file:r/vec.h", "text": C_HEADER, "language": language, "kind": "file",
+           "repo": "r", "path": "vec.h"}
+    assert syntax.check_syntax(rec).get("syntax") == "ok", syntax.check_syntax(rec)
+    broken = C_HEADER.replace("void vec_free(vec_t *v);", "void vec_free(vec_t *v;")
+    line = C_HEADER[:C_HEADER.index("void vec_free")].count("\n") + 1
+    out = syntax.check_syntax({**rec, "text": broken})
+    assert out["reason"] == "syntax_error" and out["detail"].startswith(f"errors at {line}:"), out
+
+
 CASES = {
     "python": ("def f(x):\n  return [i for i in x]\n", "def f(x:\n  return\n"),
     "c": ("int main(void) { return 0; }\n", "int main(void) { return 0;\n"),

@@ -10,6 +10,10 @@ An input path is one repository:
   "repo-<sha>/" tarballs) that directory is stripped from the paths. A member with an absolute
   path or one that leaves the archive ("../x") is an input rejected "unsafe_path".
 
+A ".h" file is C or C++ as its repository's other files say (C++ sources and no C ones: C++;
+the reverse: C); when they do not decide, it is C if the C grammar parses it, else C++ if the C++
+grammar does (header_language).
+
 Every regular file read is an input and ends either as a record (kind "file", id
 "file:<repo>/<path>") or as a rejection of stage "ingest" with one of REASONS. A corrupt archive
 counts as one input (id "archive:<path>", reason corrupt_archive) whatever it held, because its
@@ -52,6 +56,7 @@ SHEBANGS = {
     "ts-node": "typescript",
 }
 ALL_LANGUAGES = tuple(sorted(set(EXTENSIONS.values())))
+HEADER_SUFFIX = ".h"  # C or C++: decided per repository, else per file (header_language)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
 
@@ -93,8 +98,38 @@ def detect_language(path: str, head: bytes) -> str:
   return ""
 
 
-def classify(repo: str, path: str, data: bytes, cfg: IngestConfig) -> dict:
-  """A file's bytes -> its record, or its rejection (a dict with "reason"). Pure."""
+def repo_header_language(paths: Iterable[str]) -> str:
+  """What a repository's other files say its ".h" headers are: "c", "cpp" or "" (undecided).
+
+  C++ sources or headers (.cc, .cpp, .hpp, ...) and no .c file: "cpp"; .c files and no C++
+  file: "c"; both or neither (a header-only library, a C library with C++ bindings): "".
+  """
+  found = {EXTENSIONS.get(posixpath.splitext(p.lower())[1]) for p in paths
+           if not p.lower().endswith(HEADER_SUFFIX)}
+  c, cpp = "c" in found, "cpp" in found
+  return "cpp" if cpp and not c else "c" if c and not cpp else ""
+
+
+def header_language(text: str, repo_language: str = "") -> str:
+  """The language of a ".h" file: the repository's (repo_header_language) when it decides, else
+  "c" when the C grammar parses the header without errors, else "cpp" when the C++ grammar does,
+  else "c" (the syntax stage then rejects it with the C grammar's errors)."""
+  if repo_language:
+    return repo_language
+  from seedcoder_jax.curation import syntax  # tree-sitter, imported only for undecided headers
+  for language in ("c", "cpp"):
+    tree = syntax.parse(language, text)
+    if tree is not None and not tree.root_node.has_error:
+      return language
+  return "c"
+
+
+def classify(repo: str, path: str, data: bytes, cfg: IngestConfig,
+             repo_header: str = "") -> dict:
+  """A file's bytes -> its record, or its rejection (a dict with "reason"). Pure.
+
+  repo_header: what the repository says its ".h" files are (repo_header_language).
+  """
   rid = records.record_id("file", repo, path)
   if len(data) > cfg.max_bytes:
     return records.reject(rid, STAGE, "too_large", f"{len(data)} bytes > {cfg.max_bytes}")
@@ -107,6 +142,8 @@ def classify(repo: str, path: str, data: bytes, cfg: IngestConfig) -> dict:
   except UnicodeDecodeError as e:
     return records.reject(rid, STAGE, "non_utf8", f"byte {e.start}: {e.reason}")
   language = detect_language(path, data[:256])
+  if path.lower().endswith(HEADER_SUFFIX):
+    language = header_language(text, repo_header)
   if language not in cfg.languages:
     return records.reject(rid, STAGE, "unknown_language", language or posixpath.splitext(path)[1])
   return records.make_record(kind="file", text=text, repo=repo, path=path, language=language,
@@ -158,17 +195,22 @@ def check_inputs(paths: Iterable[str]) -> list[str]:
   return paths
 
 
-def list_directory(root: str) -> Iterator[tuple[str, str, str]]:
-  """(repo, path in repo, file on disk) of every file under a directory, sorted."""
+def list_directory(root: str) -> Iterator[tuple[str, str, str, str]]:
+  """(repo, path in repo, file on disk, repo_header_language) of every file under a directory,
+  sorted."""
   repo = repo_name(root)
+  files = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
     for name in sorted(filenames):
       full = os.path.join(dirpath, name)
-      yield repo, pathlib.Path(full).relative_to(root).as_posix(), full
+      files.append((pathlib.Path(full).relative_to(root).as_posix(), full))
+  header = repo_header_language(path for path, _ in files)
+  for path, full in files:
+    yield repo, path, full, header
 
 
-def read_file(repo: str, path: str, full: str, cfg: IngestConfig) -> dict:
+def read_file(repo: str, path: str, full: str, cfg: IngestConfig, repo_header: str = "") -> dict:
   """Reads one file of a directory input -> record or rejection."""
   rid = records.record_id("file", repo, path)
   if os.path.islink(full):
@@ -184,7 +226,7 @@ def read_file(repo: str, path: str, full: str, cfg: IngestConfig) -> dict:
       data = f.read()
   except OSError as e:
     return records.reject(rid, STAGE, "unreadable", f"{type(e).__name__}: {e.strerror or e}")
-  return classify(repo, path, data, cfg)
+  return classify(repo, path, data, cfg, repo_header)
 
 
 def unsafe_member_path(name: str) -> bool:
@@ -224,6 +266,7 @@ def read_archive(archive: str, cfg: IngestConfig) -> list[dict]:
   safe = [not unsafe_member_path(n) for n in names]
   tops = {n.split("/", 1)[0] for n, ok in zip(names, safe) if ok}
   strip = len(tops) == 1 and all("/" in n for n, ok in zip(names, safe) if ok)
+  header = repo_header_language(n for n, ok in zip(names, safe) if ok)
   out = []
   for name, ok, (raw_name, content) in zip(names, safe, members):
     if not ok:  # counted, never read into the tree (tar-slip style names)
@@ -236,7 +279,7 @@ def read_archive(archive: str, cfg: IngestConfig) -> list[dict]:
     path = name.split("/", 1)[1] if strip else name
     rid = records.record_id("file", repo, path)
     if isinstance(content, bytes):
-      out.append(classify(repo, path, content, cfg))
+      out.append(classify(repo, path, content, cfg, header))
     elif isinstance(content, tuple):
       out.append(records.reject(rid, STAGE, "too_large", f"{content[1]} bytes > {cfg.max_bytes}"))
     else:
@@ -250,8 +293,8 @@ def ingest_paths(paths: Iterable[str], cfg: IngestConfig) -> Iterator[dict]:
     if is_archive(p):
       yield from read_archive(p, cfg)
     else:
-      for repo, path, full in list_directory(p):
-        yield read_file(repo, path, full, cfg)
+      for repo, path, full, header in list_directory(p):
+        yield read_file(repo, path, full, cfg, header)
 
 
 def is_rejection(item: dict) -> bool:
@@ -267,7 +310,8 @@ def ingest_transform(paths: list[str], cfg: IngestConfig):
   import apache_beam as beam
 
   class _Expand(beam.DoFn):
-    """An input path -> (repo, path, file) work items, or the results of a whole archive."""
+    """An input path -> (repo, path, file, repo_header_language) work items, or the results
+    of a whole archive."""
 
     def process(self, p):
       if is_archive(p):
@@ -282,7 +326,8 @@ def ingest_transform(paths: list[str], cfg: IngestConfig):
       expanded = (pbegin | "Inputs" >> beam.Create(check_inputs(paths))
                   | "Expand" >> beam.ParDo(_Expand()).with_outputs("done", main="files"))
       read = (expanded.files | "Reshuffle" >> beam.Reshuffle()
-              | "Read" >> beam.MapTuple(lambda repo, path, full: read_file(repo, path, full, cfg)))
+              | "Read" >> beam.MapTuple(lambda repo, path, full, header:
+                                        read_file(repo, path, full, cfg, header)))
       return ((read, expanded.done) | "Merge" >> beam.Flatten()
               | "Route" >> beam.Map(_route).with_outputs(records.REJECTED, main="kept"))
 

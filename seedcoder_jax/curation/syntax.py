@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 
 from seedcoder_jax.curation import records
 
@@ -27,6 +28,14 @@ GRAMMARS = {
     "shell": ("tree_sitter_bash", "language"),
 }
 _PARSERS: dict[str, object] = {}  # per process: parsers are not picklable, so built lazily
+# The C++ linkage guard of C headers meant for C++ too:
+#   #ifdef __cplusplus / extern "C" { / #endif   ...   #ifdef __cplusplus / } / #endif
+# Tree-sitter parses a conditional's body as code, so a brace opened in one conditional and
+# closed in another is an error in the C and C++ grammars alike ("missing #endif"). These blocks
+# are blanked before parsing C and C++ (their newlines kept: error positions stay right).
+_LINKAGE_GUARD = re.compile(
+    r'^[ \t]*#[ \t]*if(?:def[ \t]+__cplusplus|[ \t]+defined[ \t]*\(?[ \t]*__cplusplus[ \t]*\)?)'
+    r'[ \t]*\n[ \t]*(?:extern[ \t]+"C"[ \t]*\{|\})[^\n]*\n[ \t]*#[ \t]*endif[^\n]*', re.MULTILINE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +60,16 @@ def parser_for(language: str):
   return parser
 
 
+def parse(language: str, text: str):
+  """The Tree-sitter tree of `text`, or None when `language` has no installed grammar."""
+  parser = parser_for(language)
+  if parser is None:
+    return None
+  if language in ("c", "cpp"):
+    text = _LINKAGE_GUARD.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+  return parser.parse(text.encode("utf-8"))
+
+
 def available_grammars() -> list[str]:
   return [lang for lang in GRAMMARS if parser_for(lang) is not None]
 
@@ -71,10 +90,9 @@ def _error_positions(root, limit: int) -> list[str]:
 
 def check_syntax(record: dict, cfg: SyntaxConfig = SyntaxConfig()) -> dict:
   """The record with `syntax` set ("ok" | "no_grammar"), or a "syntax_error" rejection. Pure."""
-  parser = parser_for(record["language"])
-  if parser is None:
+  tree = parse(record["language"], record["text"])
+  if tree is None:
     return {**record, "syntax": "no_grammar"}
-  tree = parser.parse(record["text"].encode("utf-8"))
   if tree.root_node.has_error:
     where = _error_positions(tree.root_node, cfg.max_error_lines)
     return records.reject(record, STAGE, "syntax_error", "errors at " + ", ".join(where))
