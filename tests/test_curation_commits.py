@@ -162,6 +162,32 @@ def test_repo_level_rejections(history, tmp_path):
   assert len(got) == 2 + 7
 
 
+def test_same_named_repositories_get_distinct_ids(history, tmp_path):
+  """Two repositories in directories of the same name (forks sharing history) yield records with
+  distinct ids: the shortest path tail that tells them apart names each."""
+  root, shas = history
+  a, b = tmp_path / "alice" / "calc", tmp_path / "bob" / "calc"
+  for dst in (a, b):
+    shutil.copytree(root, dst)
+  assert commits.repo_names([str(a), str(b), str(root)]) == {
+      str(a): "alice/calc", str(b): "bob/calc", str(root): root.name}
+  got = list(commits.iter_commit_records(CFG, [str(a), str(b)]))
+  ids = [r["id"] for _, r in got]
+  assert len(ids) == 2 * 7 and len(set(ids)) == len(ids)
+  assert f"commit:alice/calc@{shas['fix']}" in ids and f"commit:bob/calc@{shas['fix']}" in ids
+  assert {r["repo"] for kept, r in got if kept} == {"alice/calc", "bob/calc"}
+  # Through Beam too (the DoFns name repositories the same way), and one repository given twice
+  # (here through a symlink) is refused up front.
+  cfg = CommitsConfig(repos=(str(a), str(b)), max_diff_bytes=50_000)
+  with beam.Pipeline() as p:
+    out = p | commits.CommitRecords(cfg)
+    assert_that(out["kept"] | beam.Map(lambda r: r["id"]),
+                equal_to([r["id"] for k, r in got if k]))
+  (tmp_path / "link").symlink_to(a)
+  with pytest.raises(ValueError, match="same repository"):
+    commits.CommitRecords(CommitsConfig(repos=(str(a), str(tmp_path / "link"))))
+
+
 def test_config_from_dict():
   cfg = CommitsConfig.from_dict({"repos": "/x", "max_commits": 5})
   assert cfg.repos == ("/x",) and cfg.max_commits == 5

@@ -1,9 +1,11 @@
 """Stage 7: commit records from git histories (the paper's commit data for continued pretraining).
 
 Each non-merge commit of a repository becomes one record (kind "commit", id
-"commit:<repo>@<sha>"). Its text is the context the model conditions on, then the target it learns
-to write. The layout, fixed here because phase-2 pretraining trains on it verbatim (the input
-pipeline applies no FIM to commits), is plain text with one header line per section:
+"commit:<repo>@<sha>"; <repo> is the repository's directory name, or, where several inputs share
+that name, the shortest tail of its path that tells them apart: `repo_names`). Its text is the
+context the model conditions on, then the target it learns to write. The layout, fixed here
+because phase-2 pretraining trains on it verbatim (the input pipeline applies no FIM to
+commits), is plain text with one header line per section:
 
     === message ===
     <the commit message, stripped>
@@ -133,6 +135,28 @@ class CommitsConfig:
     return self.repos or (str(project_repo()),)
 
 
+def repo_names(paths: Sequence[str]) -> dict[str, str]:
+  """Each repository path -> the name in its records' ids and `repo` field, unique among `paths`.
+
+  The directory's name, unless another input's resolved path ends the same way: then the
+  shortest tail of the resolved path that differs ("/a/proj", "/b/proj" -> "a/proj", "b/proj").
+  The same repository given twice is refused (its commits would be read twice).
+  """
+  parts = {p: pathlib.Path(p).resolve().parts for p in paths}
+  seen: dict[tuple, str] = {}
+  for p, ps in parts.items():
+    if ps in seen and seen[ps] != p:
+      raise ValueError(f"commits.repos: {seen[ps]!r} and {p!r} are the same repository")
+    seen[ps] = p
+  out = {}
+  for p, ps in parts.items():
+    k = 1
+    while k < len(ps) and any(q != p and o[-k:] == ps[-k:] for q, o in parts.items()):
+      k += 1
+    out[p] = pathlib.PurePosixPath(*ps[-k:]).as_posix()
+  return out
+
+
 def words(text: str) -> list[str]:
   """Identifier-aware BM25 tokens: "parseRating(x_max)" -> ["parse", "rating", "max"]."""
   return [w.lower() for w in _WORD_RE.findall(text) if len(w) > 1]
@@ -207,9 +231,10 @@ def format_commit(message: str, readme: tuple[str, str] | None, tree: Sequence[s
 class RepoReader:
   """Reads one repository's commits into records; caches decoded blobs across commits."""
 
-  def __init__(self, path: str, cfg: CommitsConfig):
+  def __init__(self, path: str, cfg: CommitsConfig, name: str | None = None):
+    """name: the repository's name in ids (repo_names), default its directory's name."""
     self.path = str(path)
-    self.name = pathlib.Path(path).resolve().name
+    self.name = name or pathlib.Path(path).resolve().name
     self.cfg = cfg
     self.repo = Repo(self.path)  # NotGitRepository for a path that is not one
     self._blobs: dict[bytes, str | None] = {}
@@ -308,11 +333,12 @@ class RepoReader:
     return readme, paths, [docs[i] for i in top]
 
 
-def repo_commits(path: str, cfg: CommitsConfig) -> tuple[list[bytes], dict | None]:
+def repo_commits(path: str, cfg: CommitsConfig,
+                 name: str | None = None) -> tuple[list[bytes], dict | None]:
   """(commit shas to read, None) or ([], a per-repository rejection)."""
-  rid = f"commit:{pathlib.Path(path).resolve().name}"
+  rid = f"commit:{name or pathlib.Path(path).resolve().name}"
   try:
-    reader = RepoReader(path, cfg)
+    reader = RepoReader(path, cfg, name)
   except git_errors.NotGitRepository as e:
     return [], records.reject(rid, STAGE, "not_a_git_repo", f"{path}: {e}")
   try:
@@ -326,30 +352,35 @@ def repo_commits(path: str, cfg: CommitsConfig) -> tuple[list[bytes], dict | Non
 def iter_commit_records(cfg: CommitsConfig, repos: Iterable[str] | None = None
                         ) -> Iterator[tuple[bool, dict]]:
   """(kept, record-or-rejection) for every commit of every repository, without Beam."""
-  for path in (cfg.input_repos() if repos is None else repos):
-    shas, rejection = repo_commits(path, cfg)
+  paths = [str(p) for p in (cfg.input_repos() if repos is None else repos)]
+  names = repo_names(paths)
+  for path in paths:
+    shas, rejection = repo_commits(path, cfg, names[path])
     if rejection is not None:
       yield False, rejection
       continue
-    reader = RepoReader(path, cfg)
+    reader = RepoReader(path, cfg, names[path])
     for sha in shas:
       r = reader.record(sha)
       yield "stage" not in r, r
 
 
 def check_inputs(cfg: CommitsConfig) -> None:
-  """Refuses missing input paths up front (a path that exists but is no git repo is counted)."""
+  """Refuses missing input paths (FileNotFoundError) and a repository given twice (ValueError)
+  up front (a path that exists but is no git repo is counted)."""
   missing = [r for r in cfg.input_repos() if not os.path.exists(r)]
   if missing:
     raise FileNotFoundError(f"commits.repos: path(s) not found: {', '.join(missing)}")
+  repo_names(cfg.input_repos())
 
 
 class _ListCommits(beam.DoFn):
   def __init__(self, cfg: CommitsConfig):
     self.cfg = cfg
+    self.names = repo_names(cfg.input_repos())
 
   def process(self, path: str):
-    shas, rejection = repo_commits(path, self.cfg)
+    shas, rejection = repo_commits(path, self.cfg, self.names[path])
     if rejection is not None:
       yield beam.pvalue.TaggedOutput(records.REJECTED, rejection)
     for sha in shas:
@@ -361,12 +392,13 @@ class _ReadCommit(beam.DoFn):
 
   def __init__(self, cfg: CommitsConfig):
     self.cfg = cfg
+    self.names = repo_names(cfg.input_repos())
     self._readers: dict[str, RepoReader] = {}
 
   def process(self, item):
     path, sha = item
     if path not in self._readers:
-      self._readers[path] = RepoReader(path, self.cfg)
+      self._readers[path] = RepoReader(path, self.cfg, self.names[path])
     r = self._readers[path].record(sha.encode())
     yield beam.pvalue.TaggedOutput(records.REJECTED, r) if "stage" in r else r
 

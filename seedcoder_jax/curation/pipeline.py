@@ -176,7 +176,7 @@ def make_plan(config, inputs: Sequence[str] | None = None) -> Plan:
     if cfg is not None:
       try:
         _optional_module(name).check_inputs(cfg)
-      except FileNotFoundError as e:
+      except (FileNotFoundError, ValueError) as e:  # missing paths, a repository given twice
         raise ConfigError(f"config.{name}: {e}") from e
   return Plan(inputs=paths, ingest=ingest_cfg, syntax=syntax_cfg,
               dedup=dedup_cfg, oracle=oracle_cfg, scorer=scorer_cfg, drop_percentile=drop,
