@@ -265,3 +265,31 @@ def test_oracle_and_scorer_between_passes(tmp_path):
   oracle_lines = (tmp_path / "stages" / "scorer" / "oracle.jsonl").read_text().splitlines()
   assert len(oracle_lines) == 12
   assert pipeline.run(c, str(tmp_path), inputs=inputs) == stats
+
+
+@pytest.mark.slow
+def test_oracle_that_parses_nothing_falls_back_to_the_heuristic(tmp_path, monkeypatch):
+  """A judge whose every answer is garbage (no rating) does not abort the run: the scorer is not
+  trained, records keep heuristic scores and stats.json names the reason."""
+  from seedcoder_jax.curation import oracle as oracle_lib
+  from seedcoder_jax.curation import oracle_backends
+
+  class Garbage:
+    name, model = "garbage", "fake"
+
+    def rate(self, prompts):
+      text = "What a lovely file! I would not change a thing."
+      return [oracle_lib.Answer(*oracle_lib.parse_rating(text), text) for _ in prompts]
+
+  monkeypatch.setattr(oracle_backends, "make_backend", lambda cfg: Garbage())
+  c = _config(**{"oracle.enabled": True, "oracle.sample_size": 4, "scorer.enabled": True,
+                 "decontam.enabled": False, "repo.enabled": False, "output.report": True})
+  stats = pipeline.run(c, str(tmp_path / "cur"), inputs=[str(STDLIB / "json")])
+  assert stats["score_source"] == "heuristic"
+  assert stats["oracle"]["labelled"] == 0 and stats["oracle"]["statuses"] == {"unparsable": 4}
+  assert stats["score_fallback"]["reason"] == "oracle_parsed_nothing"
+  assert "0 of 4 oracle answers usable (statuses: unparsable 4)" in stats["score_fallback"]["detail"]
+  assert json.loads((tmp_path / "cur" / "stats.json").read_text()) == stats
+  assert "oracle_parsed_nothing" in (tmp_path / "cur" / "report.html").read_text()
+  corpus = corpus_lib.open_corpus(tmp_path / "cur" / "corpus")
+  assert corpus.metadata["score_kind"] == "heuristic" and len(corpus) == stats["kept"] > 0

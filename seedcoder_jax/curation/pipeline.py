@@ -321,6 +321,15 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
       f.write(json.dumps({k: v for k, v in r.items() if k != "text"}, ensure_ascii=False) + "\n")
   if plan.scorer is None:  # labels only (e.g. to check the oracle); scores stay heuristic
     return {**heuristic, "oracle": summary}
+  if summary["labelled"] == 0:
+    # Nothing to train on (a judge that never writes the rating format, a dead endpoint): the run
+    # goes on with heuristic scores and stats.json says why, rather than dying in the scorer.
+    reason = "oracle_parsed_nothing" if summary["n"] else "oracle_sample_empty"
+    detail = (f"0 of {summary['n']} oracle answers usable (statuses: "
+              f"{', '.join(f'{k} {v}' for k, v in summary['statuses'].items()) or 'none'}); "
+              f"scores fall back to the heuristic")
+    _progress(f"WARNING: {reason}: {detail}")
+    return {**heuristic, "oracle": summary, "score_fallback": {"reason": reason, "detail": detail}}
   from seedcoder_jax.curation import scorer as scorer_lib
   scfg = plan.scorer
   if not scfg.checkpoint_dir:
@@ -449,7 +458,7 @@ def _output_step(plan: Plan, workdir: str, scoring: dict, pass_counts: dict) -> 
   stats = stats_lib.build_stats(
       {"filter": pass_counts["filter"], "score": pass_counts["score"]},
       extra={"score_source": scoring["score_source"],
-             **{k: scoring[k] for k in ("oracle", "scorer") if k in scoring},
+             **{k: scoring[k] for k in ("oracle", "scorer", "score_fallback") if k in scoring},
              "kept_by_language": languages,
              "repo_records": len(repos), "decontamination_matches": len(matches),
              "outputs": outputs})

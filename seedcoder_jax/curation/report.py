@@ -71,6 +71,9 @@ def write_report(out: str | pathlib.Path, stats: dict, scores: np.ndarray,
       "<h1>Curation report</h1>",
       f"<p>{stats['input']} inputs: {stats['kept']} kept + {total_rej} rejected "
       f"(score source: {html.escape(str(stats.get('score_source')))}).</p>",
+      *([f"<p><b>Score fallback ({html.escape(stats['score_fallback']['reason'])})</b>: "
+         f"{html.escape(stats['score_fallback']['detail'])}</p>"]
+        if "score_fallback" in stats else []),
       "<h2>Passes</h2>",
       _table([(k, v["in"], v["kept"], v["rejected"]) for k, v in stats["passes"].items()],
              ["pass", "in", "kept", "rejected"]),
