@@ -5,6 +5,7 @@ The real SmolLM2-135M-Instruct G-Eval reading is checked against the decoder's o
 slow test.
 """
 
+import dataclasses
 import http.server
 import json
 import math
@@ -122,6 +123,43 @@ def test_cache_roundtrip_and_survives_a_kill_mid_write(tmp_path):
   n = len(reopened)
   assert n >= 1 + 5 * 50 and (n - 1) % 50 == 0, n
   assert reopened.get_many([key])[key] == (7.5, "ok", "d")
+
+
+@pytest.mark.parametrize("backend, changes", [
+    ("http", {"temperature": 0.7, "max_new_tokens": 64, "out_of_range": "clamp"}),
+    ("sampler", {"temperature": 0.7, "max_new_tokens": 64, "max_prompt_tokens": 128,
+                 "out_of_range": "clamp"}),
+    ("geval", {"max_prompt_tokens": 128, "geval_min_digit_mass": 0.3}),
+])
+def test_cache_key_covers_the_settings_that_change_answers(backend, changes, tmp_path):
+  """Changing any setting that changes the answer changes the key; settings the backend ignores
+  (here the G-Eval floor for http, http's temperature for G-Eval) do not."""
+  base = oracle.OracleConfig(backend=backend, base_url="http://x/v1")
+  key = lambda cfg: oracle.OracleCache.key(backend, cfg.model, "abc",
+                                           oracle.cache_settings(cfg, backend))
+  for name, value in changes.items():
+    assert key(dataclasses.replace(base, **{name: value})) != key(base), name
+  others = {"geval_min_digit_mass": 0.3, "temperature": 0.7, "max_new_tokens": 64,
+            "max_prompt_tokens": 128}
+  for name, value in others.items():
+    if name not in changes:
+      assert key(dataclasses.replace(base, **{name: value})) == key(base), name
+  # annotate keys its cache the same way: an answer cached at one temperature is not reused at
+  # another, and is at the same one.
+  class Fixed:
+    name, model = backend, "m"
+    calls = 0
+
+    def rate(self, prompts):
+      Fixed.calls += len(prompts)
+      return [oracle.Answer(5.0, "ok") for _ in prompts]
+
+  cache = oracle.OracleCache(tmp_path / "c.sqlite")
+  template = oracle.load_prompt_template(oracle.DEFAULT_PROMPT)
+  name, value = next(iter(changes.items()))
+  for cfg in (base, base, dataclasses.replace(base, **{name: value})):
+    oracle.annotate([_record(0)], Fixed(), cfg, template=template, cache=cache)
+  assert Fixed.calls == 2 and len(cache) == 2
 
 
 # ----------------------------------------------------------------------------- HTTP backend

@@ -9,7 +9,7 @@ probability-weighted rating that a local model puts on the tokens after `Rating:
 Every answer ends in one status: "ok" or a named failure (STATUSES). The oracle never drops a
 file: a record leaves this stage with `oracle_score` (float, or None) and `oracle_status`; the
 pipeline counts statuses in stats.json (`summarize`). Answers are cached in SQLite keyed by
-(backend, model, sha256 of the prompt), committed per batch, so a rerun or a killed run never pays
+(backend, model, sha256 of the prompt, the backend's CACHE_SETTINGS), committed per batch, so a rerun or a killed run never pays
 twice for an answer it already has; transient failures (timeouts, HTTP 5xx, refused connections)
 are not cached, so a rerun retries them.
 """
@@ -36,6 +36,14 @@ TRANSIENT = frozenset({"timeout", "http_error", "connection_error"})
 DEFAULT_PROMPT = pathlib.Path(__file__).resolve().parents[2] / "data" / "prompts" / "oracle_quality.txt"
 PROMPT_FIELDS = ("{language}", "{path}", "{code}")
 TRUNCATION_NOTE = "\n... [truncated]"
+# The OracleConfig fields that change a backend's answer to the same prompt and model: they are
+# part of the cache key, so a cache shared between configs never returns another setting's answer
+# (max_code_chars and the prompt file already change the prompt's hash).
+CACHE_SETTINGS = {
+    "http": ("temperature", "max_new_tokens", "out_of_range"),
+    "sampler": ("temperature", "max_new_tokens", "max_prompt_tokens", "out_of_range"),
+    "geval": ("max_prompt_tokens", "geval_min_digit_mass"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,8 +212,10 @@ class OracleCache:
     self.__dict__.update(state)
 
   @staticmethod
-  def key(backend: str, model: str, prompt_hash: str) -> str:
-    return hashlib.sha256(json.dumps([backend, model, prompt_hash]).encode()).hexdigest()
+  def key(backend: str, model: str, prompt_hash: str, settings: dict | None = None) -> str:
+    """settings: what else changes the answer (`cache_settings`)."""
+    return hashlib.sha256(json.dumps([backend, model, prompt_hash, settings or {}],
+                                     sort_keys=True).encode()).hexdigest()
 
   @property
   def conn(self) -> sqlite3.Connection:
@@ -255,6 +265,12 @@ class Answer:
   detail: str = ""
 
 
+def cache_settings(cfg: OracleConfig, backend: str) -> dict[str, Any]:
+  """The settings of `cfg` that change `backend`'s answers ({} for a backend not in
+  CACHE_SETTINGS, e.g. a test's fake)."""
+  return {name: getattr(cfg, name) for name in CACHE_SETTINGS.get(backend, ())}
+
+
 def annotate(records: Sequence[dict], backend, cfg: OracleConfig, *, template: str,
              cache: OracleCache | None = None) -> list[dict]:
   """Each record with `oracle_score`, `oracle_status`, `oracle_detail`, `oracle_backend` added.
@@ -263,7 +279,8 @@ def annotate(records: Sequence[dict], backend, cfg: OracleConfig, *, template: s
   (oracle_backends.py). Cached answers are reused; new non-transient answers are cached per batch.
   """
   messages = [build_messages(r, template, cfg.max_code_chars) for r in records]
-  keys = [OracleCache.key(backend.name, backend.model, prompt_sha(m)) for m in messages]
+  settings = cache_settings(cfg, backend.name)
+  keys = [OracleCache.key(backend.name, backend.model, prompt_sha(m), settings) for m in messages]
   answers: dict[int, Answer] = {}
   if cache is not None:
     hits = cache.get_many(keys)

@@ -1,6 +1,7 @@
 """The oracle's backends: OpenAI-compatible HTTP, local sampler (generate + parse), local G-Eval.
 
-Each backend has `name`, `model` (together with the prompt they key the cache) and
+Each backend has `name`, `model` (with the prompt and the config's oracle.CACHE_SETTINGS for
+that name, they key the cache) and
 `rate(list of chat-message lists) -> list[oracle.Answer]`, one answer per prompt, in order.
 The sampler and HTTP backends also have `generate(list of chat-message lists, max_new_tokens=None)
 -> list[Generation]`: the answer's text itself, for callers that want text rather than a rating
