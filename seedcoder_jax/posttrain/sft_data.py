@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 from typing import Iterator, Sequence
 
 import grain
@@ -86,19 +87,23 @@ class DifficultyEpochs:
   """Units repeated forever, epoch by epoch (epoch_order), as a random-access source.
 
   Epoch lengths vary with the stochastic rounding, so the start of each epoch is recorded as
-  epochs are first reached; an index maps to (epoch, offset). Pickles without the cache."""
+  epochs are first reached; an index maps to (epoch, offset). Grain's read threads call
+  __getitem__ concurrently, so the cache is only touched under a lock (without it two threads
+  extend the epoch starts twice and the order of the stream depends on thread timing). Pickles
+  without the cache."""
 
   def __init__(self, units: Sequence, weights_N: np.ndarray, seed: tuple[int, ...]):
     self.units, self.weights, self.seed = units, np.asarray(weights_N, np.float64), tuple(seed)
     if not len(units) or not self.weights.sum() > 0:
       raise SFTDataError("every training example has weight 0 (config.sft.difficulty_weights)")
-    self._starts, self._orders = [0], {}
+    self._starts, self._orders, self._lock = [0], {}, threading.Lock()
 
   def __getstate__(self):
-    return {**self.__dict__, "_starts": [0], "_orders": {}}
+    return {k: v for k, v in self.__dict__.items() if k not in ("_starts", "_orders", "_lock")}
 
   def __setstate__(self, state):
     self.__dict__.update(state)
+    self._starts, self._orders, self._lock = [0], {}, threading.Lock()
 
   def __len__(self) -> int:
     return sys.maxsize
@@ -113,11 +118,13 @@ class DifficultyEpochs:
 
   def __getitem__(self, index: int):
     index = int(index)
-    while self._starts[-1] <= index:  # reach the epoch holding `index`
-      epoch = len(self._starts) - 1
-      self._starts.append(self._starts[-1] + len(self._order(epoch)))
-    epoch = int(np.searchsorted(self._starts, index, side="right")) - 1
-    return self.units[self._order(epoch)[index - self._starts[epoch]]]
+    with self._lock:
+      while self._starts[-1] <= index:  # reach the epoch holding `index`
+        epoch = len(self._starts) - 1
+        self._starts.append(self._starts[-1] + len(self._order(epoch)))
+      epoch = int(np.searchsorted(self._starts, index, side="right")) - 1
+      unit = self._order(epoch)[index - self._starts[epoch]]
+    return self.units[unit]
 
 
 class ReadRecord(grain.transforms.Map):
