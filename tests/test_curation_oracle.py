@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -47,17 +48,49 @@ def test_config_refuses_unknown_and_bad_values():
   assert oracle.OracleConfig.from_dict({"sample_size": 5}).sample_size == 5
 
 
+# The paper's rubric: each criterion with its sub-points, as phrases the prompt must state under
+# that criterion (not anywhere in the prompt).
+RUBRIC = {
+    "Readability": ["comments or docstrings", "consistent naming",
+                    "common formatting and structure"],
+    "Modularity": ["well-structured", "no overly complex or long functions",
+                   "logic split into functions or classes"],
+    "Clarity": ["repeated code", "commented-out code blocks", "debug print statements",
+                "clear intent"],
+    "Reusability": ["no syntax or logic errors", "no excessive hard-coded data",
+                    "complete functionality", "easy to reuse"],
+}
+ZERO_SCORE_POLICY = ["mostly configuration or data", "has little logic", "is auto-generated"]
+
+
+def _criteria(content):
+  """{criterion: its text} from the prompt's "- Name: ..." items (continuation lines joined)."""
+  block = content[content.index("four criteria:"):content.index("Give 0")]
+  items = re.findall(r"^- (\w+): (.*?)(?=^- |\Z)", block, re.MULTILINE | re.DOTALL)
+  return {name: " ".join(text.split()) for name, text in items}
+
+
 def test_prompt_applies_the_papers_criteria_and_fills_the_record():
   template = oracle.load_prompt_template(oracle.DEFAULT_PROMPT)
-  for word in ("Readability", "Modularity", "Clarity", "Reusability", "configuration", "data",
-               "auto-generated", "Rating: [[X]]"):
-    assert word in template, word
   code = "int main(void) { return {0}; }\n" + "x" * 5000
   messages = oracle.build_messages(_record(0, code, "c"), template, max_code_chars=100)
   content = messages[0]["content"]
+  criteria = _criteria(content)
+  assert list(criteria) == list(RUBRIC)  # the paper's four criteria, in its order
+  for name, items in RUBRIC.items():
+    for item in items:
+      assert item in criteria[name], (name, item, criteria[name])
+  policy = " ".join(content[content.index("Give 0"):content.index("File:")].split())
+  assert "zero-score policy" in policy and all(p in policy for p in ZERO_SCORE_POLICY), policy
   assert messages[0]["role"] == "user" and "```c\nint main(void) { return {0}; }" in content
   assert "File: m0.py" in content and oracle.TRUNCATION_NOTE in content and "x" * 200 not in content
-  assert content.rstrip().endswith("Rating: [[X]]")
+  # The format is described, not shown with a placeholder a model would copy ("[[X]]" pulled
+  # G-Eval's next-token mass onto "X"): no "[[...]]" in the prompt parses or holds a short token.
+  request = " ".join(content[content.rindex("```") + 3:].split())
+  assert request.startswith("Explain briefly") and '"Rating: [["' in request and '"]]"' in request
+  assert "0 to 10" in request
+  assert not re.search(r"\[\[\s*\S{0,3}\s*\]\]", content), re.findall(r"\[\[.{0,5}", content)
+  assert oracle.parse_rating(content) == (None, "unparsable")
 
 
 def test_bad_template_is_refused(tmp_path):
@@ -305,7 +338,7 @@ def test_smollm2_template_and_digit_tokens():
   prompt = oracle_backends._LocalPrompts(cfg, tok, info.chat_template, reserve=10).ids(messages)
   text = tok.decode(prompt)
   assert 200 < len(prompt) <= 290 and oracle.TRUNCATION_NOTE in text
-  assert text.endswith("Rating: [[X]]\n<|im_end|>\n<|im_start|>assistant\n"), text[-200:]
+  assert text.endswith('and "]]".\n<|im_end|>\n<|im_start|>assistant\n'), text[-200:]
 
 
 def test_chatml_rendering_matches_jinja2():

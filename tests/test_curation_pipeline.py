@@ -248,7 +248,7 @@ def test_oracle_and_scorer_between_passes(tmp_path):
   sample, a 1-layer scorer trained on them, every record scored by it, the bottom 10% of files
   dropped; a rerun reuses everything."""
   c = _config(**{"oracle.enabled": True, "oracle.sample_size": 12, "oracle.max_code_chars": 400,
-                 "oracle.max_prompt_tokens": 256, "oracle.geval_min_digit_mass": 0.05,
+                 "oracle.max_prompt_tokens": 320, "oracle.geval_min_digit_mass": 0.05,
                  "scorer.enabled": True, "scorer.n_layers": 1, "scorer.max_tokens": 64,
                  "scorer.buckets": (64,), "repo.min_mean_score": 0.0})
   inputs = [str(STDLIB / p) for p in ("json", "html", "email")]

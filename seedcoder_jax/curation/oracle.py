@@ -1,17 +1,19 @@
 """Stage 4: the LLM quality oracle rates a sample of files 0-10 (the scorer's training labels).
 
 The prompt (data/prompts/oracle_quality.txt) applies the paper's criteria (readability, modularity,
-clarity, reusability; 0 for configuration/data, little logic or auto-generated files) and asks for
-`Rating: [[X]]` at the end. Backends (oracle_backends.py): an OpenAI-compatible HTTP endpoint, a
-local checkpoint through the project's sampler (generate, then parse), and "geval": the
-probability-weighted rating that a local model puts on the tokens after `Rating: [[` (G-Eval).
+clarity, reusability, each with the paper's sub-points; 0 for configuration/data, little logic or
+auto-generated files) and asks for the rating at the end as "Rating: [[", the score, "]]"
+(described, not shown with a placeholder: a literal `[[X]]` drew G-Eval's next-token mass onto
+"X"). Backends (oracle_backends.py): an OpenAI-compatible HTTP endpoint, a local checkpoint
+through the project's sampler (generate, then parse), and "geval": the probability-weighted
+rating that a local model puts on the tokens after `Rating: [[` (G-Eval).
 
 Every answer ends in one status: "ok" or a named failure (STATUSES). The oracle never drops a
 file: a record leaves this stage with `oracle_score` (float, or None) and `oracle_status`; the
 pipeline counts statuses in stats.json (`summarize`). Answers are cached in SQLite keyed by
-(backend, model, sha256 of the prompt, the backend's CACHE_SETTINGS), committed per batch, so a rerun or a killed run never pays
-twice for an answer it already has; transient failures (timeouts, HTTP 5xx, refused connections)
-are not cached, so a rerun retries them.
+(backend, model, sha256 of the prompt, the backend's CACHE_SETTINGS), committed per batch, so a
+rerun or a killed run never pays twice for an answer it already has; transient failures
+(timeouts, HTTP 5xx, refused connections) are not cached, so a rerun retries them.
 """
 
 from __future__ import annotations
