@@ -83,7 +83,7 @@ def main(argv):
       "loss_tokens_per_s": round(loss_tokens / seconds, 1),
       "padding_fraction": round(1 - loss_tokens / tokens, 4),
       "seq_len": seq_len, "batch_size": batch_size, "num_workers": cfg.num_workers,
-      "read_threads": cfg.read_threads, "repo_level": _REPO.value, "fim_rate": cfg.fim_rate,
+      "read_threads": cfg.read_threads, "repo_level": _REPO.value, "fim_rate": cfg.fim_rate, "fim_level": cfg.fim_level,
       "tokenizer": tok_spec, "vocab_size": tokenizer.load(tok_spec).vocab_size,
       "batches": _BATCHES.value, "seconds": round(seconds, 3),
       "machine": {**perf.machine(), "cpu_count": os.cpu_count()},

@@ -92,6 +92,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.score_drop_fraction = 0.1  # drop the lowest-scored 10% (the paper's filter knob)
   c.data.fim_rate = 0.5  # phase 1: half of the files become fill-in-the-middle examples
   c.data.fim_spm_fraction = 1.0  # SPM order (1.0) vs PSM (0.0), for the ablation
+  c.data.fim_level = "context"  # FIM per row-sized window ("document": per file, then chunked)
   c.data.eval_fraction = 0.02  # held-out share of each corpus (fixed hash, seed-independent)
   c.data.num_workers = 0  # Grain worker processes (0: threads in this process)
   c.data.worker_buffer_size = 2  # batches each worker prefetches

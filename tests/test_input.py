@@ -143,6 +143,103 @@ def test_fim_in_pipeline(numbered, tok):
     assert d.startswith("<fim_suffix>") and (prefix + middle + suffix).startswith("doc ")
 
 
+def test_fim_windows(tok):
+  text = (STDLIB / "json" / "decoder.py").read_text(encoding="utf-8")
+  text += "\u2028x = '" + "y" * 3000 + "'\n"  # a line longer than any window; a U+2028 inside
+  for budget in (17, 64, 255):
+    pieces = fim.windows(text, tok.encode, budget)
+    assert "".join(pieces) == text
+    assert all(0 < len(tok.encode(p)) <= budget for p in pieces)
+    # Cuts fall at line ends except inside lines longer than the budget.
+    end = 0
+    for p in pieces[:-1]:
+      end += len(p)
+      if not p.endswith("\n"):
+        line = text[text.rfind("\n", 0, end) + 1:text.find("\n", end) + 1]
+        assert len(tok.encode(line)) > budget, (budget, line)
+    # Greedy: two neighbouring windows that end at line ends could not have been one window.
+    assert len(pieces) < 3 * len(tok.encode(text)) / budget + 3
+  assert fim.windows("", tok.encode, 8) == [""]
+  with pytest.raises(ValueError, match="budget"):
+    fim.windows(text, tok.encode, 0)
+
+
+def _fim_segments(batches, tok):
+  """(complete, broken) FIM examples over all segments of the batches: a complete one has its
+  three sentinels among one segment's targets in SPM order; a broken one has some of them only.
+  (Targets, not inputs: a segment's first input is the token before it.)"""
+  names = ("fim_suffix", "fim_prefix", "fim_middle")
+  ids = [tok.special_ids[n] for n in names]
+  complete = broken = 0
+  for batch in batches:
+    for row_targets, row_seg in zip(batch["targets"], batch["segment_ids"]):
+      for s in np.unique(row_seg[row_seg > 0]):
+        seg = list(row_targets[row_seg == s])
+        found = [seg.index(i) if i in seg else -1 for i in ids]
+        if all(f >= 0 for f in found) and found == sorted(found):
+          complete += 1
+        elif any(f >= 0 for f in found):
+          broken += 1
+  return complete, broken
+
+
+def test_context_level_fim_keeps_each_example_in_one_row(stdlib_corpus, tok):
+  """Long documents at 64-token rows: context-level FIM puts every example's suffix, prefix and
+  middle in one segment; document-level FIM splits almost all of them across rows."""
+  got = {}
+  for level in fim.LEVELS:
+    cfg = _cfg((stdlib_corpus,), tok, fim_rate=1.0, fim_level=level, seq_len=64)
+    it = make_iterator(cfg)
+    got[level] = _fim_segments([next(it) for _ in range(16)], tok)
+  complete, broken = got[fim.CONTEXT]
+  # A window whose three re-encoded parts outgrow the reserve gets new cuts: none spills.
+  assert complete >= 40 and broken == 0, got
+  doc_complete, doc_broken = got[fim.DOCUMENT]
+  assert doc_complete <= 0.1 * complete and doc_broken >= doc_complete, got
+
+
+def test_context_level_fim_window_that_cannot_fit_stays_plain(tok):
+  t = pipeline.transforms.Tokenize(tok, seq_len=64, fim_rate=1.0, fim_spm_fraction=1.0,
+                                   fim_level=fim.CONTEXT)
+  piece = "def f(x):\n    return x + 1\n"
+  plain = tok.encode(piece)
+  assert t._fitting_fim(piece, len(plain), np.random.default_rng(0)) == plain  # FIM needs +3
+  ids = t._fitting_fim(piece, len(plain) + 12, np.random.default_rng(0))
+  assert tok.special_ids["fim_middle"] in ids and len(ids) <= len(plain) + 12
+
+
+def test_context_level_fim_restores_the_document(stdlib_corpus, tok):
+  """Each window is one chunk; undoing each window's FIM layout on the chunks' targets gives back
+  the document's text (so every token is a target once)."""
+  source = corpus.open_corpus(stdlib_corpus).source
+  text = max((source[i]["text"] for i in range(len(source))), key=len)
+  t = pipeline.transforms.Tokenize(tok, seq_len=64, fim_rate=0.5, fim_spm_fraction=0.5,
+                                   fim_level=fim.CONTEXT)
+  chunks = t.random_map({"kind": "file", "text": text, "index": 0}, np.random.default_rng(0))
+  assert len(chunks) == len(fim.windows(text, tok.encode, 65 - pipeline.transforms.CONTEXT_FIM_RESERVE))
+  special = {i: n for n, i in tok.special_ids.items() if i is not None}
+  sentinels = ("fim_suffix", "fim_prefix", "fim_middle")
+  restored, n_fim = "", 0
+  for k, c in enumerate(chunks):
+    seq = [int(x) for x in c["targets"]]
+    assert (c["inputs"][0] == tok.bos_id) == (k == 0)
+    assert (seq[-1] == tok.eos_id) == (k == len(chunks) - 1)
+    seq = [i for i in seq if i not in (tok.bos_id, tok.eos_id)]
+    if tok.special_ids["fim_middle"] not in seq:
+      restored += tok.decode(seq)
+      continue
+    n_fim += 1
+    parts, current = {}, None
+    for i in seq:
+      if special.get(i) in sentinels:
+        current = parts.setdefault(special[i], [])
+      else:
+        current.append(i)
+    restored += "".join(tok.decode(parts[n]) for n in ("fim_prefix", "fim_middle", "fim_suffix"))
+  assert restored == text
+  assert 0.3 * len(chunks) < n_fim < 0.7 * len(chunks)
+
+
 # Packing --------------------------------------------------------------------------------------
 
 def test_packing_keeps_every_pair_once():

@@ -7,8 +7,15 @@ and rearranged so that the model learns to produce M after seeing both sides:
   PSM (ablation):           <fim_prefix> P <fim_suffix> S <fim_middle> M
 
 Each part is tokenized on its own (a token never spans a cut). The decision to apply FIM (`rate`)
-and the order (`spm_fraction`) are drawn per document from the rng that Grain derives from the
+and the order (`spm_fraction`) are drawn per example from the rng that Grain derives from the
 seed and the element index, so the choice is deterministic and resumable.
+
+Two levels (Bavarian et al. 2022, "Efficient Training of Language Models to Fill in the Middle"):
+  document: one draw per document, then the document is cut into row-sized chunks. A document
+            longer than a row has its suffix, prefix and middle in different rows, where no
+            attention connects them: the model rarely sees a whole FIM example.
+  context:  the document is first cut at line ends into windows that fit a row (`windows`), then
+            one draw per window, so every FIM example's three parts share a row.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ import numpy as np
 
 SPM = "spm"
 PSM = "psm"
+DOCUMENT = "document"
+CONTEXT = "context"
+LEVELS = (DOCUMENT, CONTEXT)
 
 
 def cut_points(length: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -67,3 +77,43 @@ def encode_parts(parts: list[tuple[str | None, str]], tok) -> list[int]:
     if text:
       ids.extend(tok.encode(text))
   return ids
+
+
+def _lines(text: str) -> list[str]:
+  """`text` cut after each "\n" (only "\n": other line breaks stay inside their line)."""
+  parts = text.split("\n")
+  return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def _bisect(text: str, encode, budget: int) -> list[str]:
+  """`text` cut in halves (at the line end nearest the middle, else mid-character) until each
+  piece encodes to <= budget tokens."""
+  if len(text) <= 1 or len(encode(text)) <= budget:
+    return [text]
+  mid = len(text) // 2
+  cut = text.rfind("\n", 0, mid) + 1 or text.find("\n", mid) + 1
+  if not 0 < cut < len(text):
+    cut = mid
+  return _bisect(text[:cut], encode, budget) + _bisect(text[cut:], encode, budget)
+
+
+def windows(text: str, encode, budget: int) -> list[str]:
+  """`text` as consecutive windows, each encoding to <= `budget` tokens, cut at line ends where
+  possible (a line longer than the budget is cut inside). "".join(windows) == text.
+
+  Lines are gathered greedily by their own token counts, then each window is encoded whole to
+  check it (a window's tokens can differ from the sum of its lines'); one over budget is halved.
+  """
+  if budget < 1:
+    raise ValueError(f"FIM window budget {budget} < 1 token")
+  out, window, used = [], [], 0
+  for line in _lines(text):
+    n = len(encode(line))
+    if window and used + n > budget:
+      out.append("".join(window))
+      window, used = [], 0
+    window.append(line)
+    used += n
+  if window:
+    out.append("".join(window))
+  return [piece for w in out for piece in _bisect(w, encode, budget)] or [text]

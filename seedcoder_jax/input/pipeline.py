@@ -24,7 +24,8 @@ Per source (corpus directory), in order:
    joined in dependency order (repo_level.py);
 4. per-process sharding: process p takes units p, p + P, p + 2P, ... (disjoint, covering);
 5. repeated forever, each epoch in a new seeded random order (EpochShuffled).
-Then: mixture by `weights` (grain.MapDataset.mix: exact deterministic proportions), FIM (fim.py) and
+Then: mixture by `weights` (grain.MapDataset.mix: exact deterministic proportions), FIM (fim.py:
+per row-sized window of a file with fim_level "context", per document with "document") and
 tokenisation with BOS/EOS per document, chunking and first-fit packing (packing.py), batching, and
 with `num_workers` > 0 Grain multiprocessing prefetch (workers load the tokenizer lazily).
 
@@ -43,7 +44,7 @@ from absl import flags
 
 from seedcoder_jax import tokenizer as tokenizer_lib
 from seedcoder_jax.input import corpus as corpus_lib
-from seedcoder_jax.input import packing, transforms
+from seedcoder_jax.input import fim, packing, transforms
 
 
 class InputConfigError(ValueError):
@@ -61,6 +62,7 @@ class InputConfig:
   score_drop_fraction: float = 0.0          # drop this lowest-scored share of each corpus
   fim_rate: float = 0.5                     # share of file documents turned into FIM
   fim_spm_fraction: float = 1.0             # share of FIM documents in SPM order (rest PSM)
+  fim_level: str = "context"                # "context": FIM per row-sized window; "document"
   eval_fraction: float = 0.01               # held-out share of each corpus's units
   seed: int = 0
   num_workers: int = 0                      # Grain worker processes (0: in this process)
@@ -99,6 +101,8 @@ class InputConfig:
     for field in ("fim_rate", "fim_spm_fraction"):
       if not 0.0 <= getattr(self, field) <= 1.0:
         bad(field, "must be in [0, 1]")
+    if self.fim_level not in fim.LEVELS:
+      bad("fim_level", f"must be one of {fim.LEVELS}")
     for field in ("num_workers", "packing_bins", "read_threads"):
       if getattr(self, field) < 0:
         bad(field, "must be >= 0")
@@ -233,7 +237,8 @@ def _check_process(process_index: int, process_count: int):
 
 def _packed(cfg: InputConfig, ds: grain.MapDataset, tok, batch_size: int) -> grain.IterDataset:
   ds = ds.random_map(transforms.Tokenize(tok, seq_len=cfg.seq_len, fim_rate=cfg.fim_rate,
-                                         fim_spm_fraction=cfg.fim_spm_fraction), seed=cfg.seed)
+                                         fim_spm_fraction=cfg.fim_spm_fraction,
+                                         fim_level=cfg.fim_level), seed=cfg.seed)
   read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=4 * max(1, cfg.read_threads))
   return packing.pack(ds.to_iter_dataset(read), cfg.seq_len, cfg.packing_bins or batch_size)
 
