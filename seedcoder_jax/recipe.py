@@ -77,12 +77,24 @@ def curate(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dic
   from seedcoder_jax.curation import pipeline
 
   config = config_files.load(f"curation:{options.get('variant', 'tiny')}")
+  _override(config, options.get("overrides") or {})
   stats = pipeline.run(config, str(stage_dir))
   print(f"[curate] {stats['input']} inputs -> {stats['kept']} kept; "
         f"{sum(stats['rejected'].values())} rejected by reason: {json.dumps(stats['rejected'])}")
   return {"input": stats["input"], "kept": stats["kept"], "rejected": stats["rejected"],
           "kept_by_kind": stats["kept_by_kind"], "score_source": stats["score_source"],
           "outputs": stats["outputs"]}
+
+
+def _override(config, changes: dict, where: str = "") -> None:
+  """Nested `changes` into a ConfigDict in place; a key the config lacks is an error."""
+  for key, value in changes.items():
+    if key not in config:
+      raise KeyError(f"recipe override {where}{key}: the config has no such key")
+    if isinstance(value, dict) and hasattr(config[key], "items"):
+      _override(config[key], value, f"{where}{key}.")
+    else:
+      config[key] = value
 
 
 def tokenizer(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
@@ -146,6 +158,37 @@ def evaluate(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> d
   return summary
 
 
+def likelihood_eval(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """Per-token loss of known answers under a trained stage's model (evaluation/likelihood.py):
+  benchmarks' canonical solutions after their prompts, and FIM-HumanEval's masked lines after
+  infilling prompts in each order; `fim_middle_loss` is the order the model trained on most."""
+  from seedcoder_jax.evaluation import benchmarks, likelihood
+  from seedcoder_jax.sampling import load_model
+
+  model_stage = options.get("model", "pretrain")
+  run_dir = workdir / model_stage / "run"
+  cfg, params, tok = load_model(f"workdir:{run_dir}")
+  limit = options.get("limit") or None
+  summary = {"model": model_stage}
+  for name in options.get("benchmarks", ["humaneval"]):
+    problems = benchmarks.get(name).load()[:limit]
+    out = likelihood.solution_loss(cfg, params, tok, problems)
+    summary[f"{name}_solution_loss"] = out["loss"]
+    summary[f"{name}_solution_nats_per_char"] = out["nats_per_char"]
+    summary[f"{name}_solution_tokens"] = out["tokens"]
+  if options.get("fim", True) and tok.special_ids.get("fim_middle") is not None:
+    problems = benchmarks.load_fim_humaneval()[:limit]
+    for order in ("spm", "psm"):
+      summary[f"fim_middle_loss_{order}"] = likelihood.fim_middle_loss(
+          cfg, params, tok, problems, order=order)["loss"]
+    trained = json.loads((run_dir / "config.json").read_text())["data"]
+    own = "spm" if trained.get("fim_spm_fraction", 1.0) >= 0.5 else "psm"
+    summary["fim_middle_loss"] = summary[f"fim_middle_loss_{own}"]
+    summary["fim_order_trained"] = own
+  print(f"[likelihood_eval] {json.dumps(summary)}")
+  return summary
+
+
 STAGES: dict[str, Stage] = {
     "import_base": import_base,
     "model_bench": model_bench,
@@ -154,6 +197,7 @@ STAGES: dict[str, Stage] = {
     "pretrain": pretrain,
     "pretrain_phase2": pretrain_phase2,
     "evaluate": evaluate,
+    "likelihood_eval": likelihood_eval,
 }
 STAGES.update(recipe_posttrain.STAGES)
 

@@ -1,0 +1,149 @@
+"""The paper's ablations (and two it leaves open), each a base recipe plus named arms.
+
+  python launch/ablate.py --config=configs/ablations.py:fim_order --workdir=workdir/abl_fim_order
+  python launch/ablate.py --config=configs/ablations.py:fim_order --workdir=DIR --print_commands
+
+Every ablation starts from configs/recipe.py:tiny's stage options (the 2-core CPU variant: a
+~1M-parameter model, 200-step pretraining, minutes per arm). On a cluster each (arm, seed) is one
+job (--print_commands prints them), and --collect builds the report from the shared workdir.
+
+  fim_order        FIM in SPM vs PSM order, and FIM rate 0.5 / 0.1 / 0 (Seed-Coder: SPM).
+  fim_level        context-level vs document-level FIM (Bavarian et al. 2022; the paper is silent).
+  quality_filter   curation with the LLM oracle + scorer vs rules only, then pretraining on each
+                   (Seed-Coder's Fig. 6); compared per character (the arms train their own
+                   tokenizers on their own corpora, so per-token losses are not comparable).
+  commits_repo     continued pretraining with commits and repository-level documents vs files only.
+
+Not here yet (they need options the RL and web-classifier stages do not expose): RL from Base vs
+Instruct, the progressive RL schedule, the curriculum filter, and web hard negatives.
+"""
+
+import copy
+import pathlib
+
+import ml_collections
+
+from seedcoder_jax import config_files
+
+_RECIPE = pathlib.Path(__file__).with_name("recipe.py")
+SEEDS = [0, 1]
+
+# Per-token loss of HumanEval's canonical solutions (after their prompts) and of FIM-HumanEval's
+# masked lines (after infilling prompts): figures a 200-step model moves, unlike pass@1.
+_SOLUTION = {"name": "humaneval_solution_loss", "stage": "likelihood_eval",
+             "key": "humaneval_solution_loss", "better": "lower"}
+_SOLUTION_CHAR = {"name": "humaneval_solution_nats_per_char", "stage": "likelihood_eval",
+                  "key": "humaneval_solution_nats_per_char", "better": "lower"}
+_FIM = {"name": "fim_middle_loss", "stage": "likelihood_eval", "key": "fim_middle_loss",
+        "better": "lower"}
+_FIM_SPM = {"name": "fim_middle_loss_spm", "stage": "likelihood_eval",
+            "key": "fim_middle_loss_spm", "better": "lower"}
+_HELDOUT = {"name": "heldout_loss", "stage": "pretrain", "key": "eval_loss", "better": "lower"}
+
+
+def _base(stages) -> dict:
+  options = config_files.load(f"{_RECIPE}:tiny").to_dict()
+  base = {s: copy.deepcopy(options[s]) for s in stages if s in options}
+  base["likelihood_eval"] = {"model": "pretrain", "benchmarks": ["humaneval"], "fim": True,
+                             "limit": None}
+  return base
+
+
+def _pretrain_data(**data) -> dict:
+  return {"pretrain": {"config": {"data": data}}}
+
+
+def fim_order() -> dict:
+  stages = ["curate", "tokenizer", "pretrain", "likelihood_eval"]
+  return {
+      "name": "fim_order",
+      "description": "FIM order SPM vs PSM and FIM rate 0.5 / 0.1 / 0: tiny model, same corpus, "
+                     "tokenizer, seeds and token budget.",
+      "stages": stages, "shared": ["curate", "tokenizer"], "base": _base(stages),
+      "arms": {"spm": _pretrain_data(fim_spm_fraction=1.0, fim_rate=0.5),
+               "psm": _pretrain_data(fim_spm_fraction=0.0, fim_rate=0.5),
+               "spm_rate_01": _pretrain_data(fim_spm_fraction=1.0, fim_rate=0.1),
+               "no_fim": _pretrain_data(fim_rate=0.0)},
+      "keys": ["pretrain.config.data.fim_spm_fraction", "pretrain.config.data.fim_rate"],
+      "seeds": SEEDS, "seed_keys": ["pretrain.config.seed"],
+      "metrics": [_FIM, _FIM_SPM, _SOLUTION, _HELDOUT],
+      "curves": [{"name": "heldout_loss", "stage": "pretrain", "y": "eval_loss"},
+                 {"name": "train_loss", "stage": "pretrain", "y": "loss"}],
+      "expect": [
+          {"metric": "fim_middle_loss", "better": "spm", "worse": "psm",
+           "claim": "SPM infills better than PSM (Seed-Coder, each arm in its own order)"},
+          {"metric": "fim_middle_loss", "better": "spm", "worse": "no_fim",
+           "claim": "FIM training teaches infilling (sanity)"}],
+  }
+
+
+def fim_level() -> dict:
+  a = fim_order()
+  a.update(
+      name="fim_level",
+      description="Context-level FIM (cut into row-sized windows, then FIM per window) vs "
+                  "document-level FIM (FIM per file, then cut into rows), FIM rate 0.5, SPM.",
+      arms={"context": _pretrain_data(fim_level="context"),
+            "document": _pretrain_data(fim_level="document")},
+      keys=["pretrain.config.data.fim_level"],
+      metrics=[_FIM, _SOLUTION, _HELDOUT],
+      expect=[{"metric": "fim_middle_loss", "better": "context", "worse": "document",
+               "claim": "context-level FIM infills better when files outgrow rows"}])
+  return a
+
+
+def quality_filter() -> dict:
+  stages = ["curate", "tokenizer", "pretrain", "likelihood_eval"]
+  base = _base(stages)
+  base["curate"]["overrides"] = {"oracle": {"enabled": True}, "scorer": {"enabled": True}}
+  return {
+      "name": "quality_filter",
+      "description": "Curation with the LLM quality oracle and scorer (files below the score cut "
+                     "dropped) vs rules only, same raw input; each arm trains its tokenizer and "
+                     "the tiny model on its own corpus with the same token budget.",
+      "stages": stages, "shared": [], "base": base,
+      "arms": {"llm_filter": {},
+               "rules_only": {"curate": {"overrides": {"oracle": {"enabled": False},
+                                                       "scorer": {"enabled": False}}}}},
+      "keys": ["curate.overrides"],
+      "seeds": SEEDS, "seed_keys": ["pretrain.config.seed"],
+      "metrics": [_SOLUTION_CHAR],
+      "curves": [{"name": "train_loss", "stage": "pretrain", "y": "loss"}],
+      "expect": [{"metric": "humaneval_solution_nats_per_char", "better": "llm_filter",
+                  "worse": "rules_only",
+                  "claim": "the LLM quality filter helps (Seed-Coder Fig. 6: HumanEval 38.4 vs "
+                           "31.9 at 400B tokens)"}],
+  }
+
+
+def commits_repo() -> dict:
+  stages = ["curate", "tokenizer", "pretrain", "pretrain_phase2", "likelihood_eval"]
+  base = _base(stages)
+  base["likelihood_eval"]["model"] = "pretrain_phase2"
+  return {
+      "name": "commits_repo",
+      "description": "Continued pretraining (phase 2) on files + repository-level documents + "
+                     "commits (the recipe) vs files only, from the same phase-1 model.",
+      "stages": stages, "shared": ["curate", "tokenizer", "pretrain"], "base": base,
+      "arms": {"files_repo_commits": {},
+               "files_only": {"pretrain_phase2": {
+                   "corpora": ["curate/corpus"],
+                   "data": {"repo_level": [False], "weights": [1.0]}}}},
+      "keys": ["pretrain_phase2.corpora", "pretrain_phase2.data.repo_level",
+               "pretrain_phase2.data.weights"],
+      "seeds": SEEDS, "seed_keys": ["pretrain_phase2.config.seed"],
+      "metrics": [{**_SOLUTION}, {**_FIM}],
+      "curves": [{"name": "train_loss", "stage": "pretrain_phase2", "y": "loss"}],
+      "expect": [{"metric": "humaneval_solution_loss", "better": "files_repo_commits",
+                  "worse": "files_only",
+                  "claim": "commits and repository-level documents help continued pretraining"}],
+  }
+
+
+ABLATIONS = {f.__name__: f for f in (fim_order, fim_level, quality_filter, commits_repo)}
+
+
+def get_config(name: str = "fim_order") -> ml_collections.ConfigDict:
+  if name not in ABLATIONS:
+    raise ValueError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
+  return ml_collections.ConfigDict(ABLATIONS[name]())

@@ -1,0 +1,152 @@
+"""Ablations: the plan's checks, the runner (resume, failed arms), verdicts, configs/ablations.py;
+the likelihood metrics they compare (evaluation/likelihood.py) against a hand computation."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seedcoder_jax import ablation, config_files, model, recipe
+from seedcoder_jax.evaluation import likelihood
+from tests.numerics import f32_rtol
+
+CALLS = []
+
+
+def _make(options, stage_dir, workdir):
+  CALLS.append((workdir.parent.name, workdir.name, "make"))
+  if options.get("fail"):
+    raise RuntimeError("this arm breaks")
+  return {"value": options["x"] + options["seed"] * 0.01}
+
+
+def _score(options, stage_dir, workdir):
+  CALLS.append((workdir.parent.name, workdir.name, "score"))
+  made = json.loads((workdir / "make" / "DONE.json").read_text())["value"]
+  return {"metric": made * options["scale"]}
+
+
+def _shared(options, stage_dir, workdir):
+  CALLS.append(("shared", workdir.name, "prep"))
+  return {"ok": True}
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+  monkeypatch.setitem(recipe.STAGES, "prep", _shared)
+  monkeypatch.setitem(recipe.STAGES, "make", _make)
+  monkeypatch.setitem(recipe.STAGES, "score", _score)
+  CALLS.clear()
+
+
+def _spec(**over):
+  spec = {
+      "name": "toy", "description": "toy ablation",
+      "stages": ["prep", "make", "score"], "shared": ["prep"],
+      "base": {"prep": {"n": 1}, "make": {"x": 1.0, "seed": 0, "fail": False},
+               "score": {"scale": 2.0}},
+      "arms": {"a": {}, "b": {"make": {"x": 2.0}}, "broken": {"make": {"fail": True}}},
+      "keys": ["make.x", "make.fail"], "seeds": [0, 1], "seed_keys": ["make.seed"],
+      "metrics": [{"name": "metric", "stage": "score", "key": "metric", "better": "lower"}],
+      "expect": [{"metric": "metric", "better": "a", "worse": "b", "claim": "a beats b"},
+                 {"metric": "metric", "better": "a", "worse": "broken", "claim": "a beats broken"}],
+  }
+  spec.update(over)
+  return spec
+
+
+def test_arms_differing_outside_the_named_keys_are_refused(fake_stages):
+  spec = _spec()
+  spec["arms"]["b"] = {"make": {"x": 2.0}, "score": {"scale": 3.0}}  # a budget change by accident
+  with pytest.raises(ablation.AblationError, match=r"(?s)arm 'b'.*score.scale: base 2.0 -> b 3.0"):
+    ablation.check(spec)
+  spec = _spec(keys=["make", "prep.n"])
+  spec["arms"]["b"] = {"prep": {"n": 2}}
+  with pytest.raises(ablation.AblationError, match="shared stages"):
+    ablation.check(spec)
+  with pytest.raises(ablation.AblationError, match="no such key"):
+    ablation.check(_spec(arms={"a": {}, "b": {"make": {"typo": 1}}}))
+  with pytest.raises(ablation.AblationError, match="unknown recipe stages"):
+    ablation.check(_spec(stages=["prep", "nope"]))
+  with pytest.raises(ablation.AblationError, match="at least two arms"):
+    ablation.check(_spec(arms={"a": {}}))
+  with pytest.raises(ablation.AblationError, match="seed_keys"):
+    ablation.check(_spec(seed_keys=["prep.n"]))
+
+
+def test_runner_runs_every_arm_resumes_and_reports_failed_arms(fake_stages, tmp_path):
+  result = ablation.run(_spec(), tmp_path)
+  assert CALLS.count(("shared", "shared", "prep")) == 1  # shared stages run once
+  assert (tmp_path / "a" / "seed1" / "prep").is_symlink()
+  arms = result["arms"]
+  assert arms["a"]["seeds"][0]["status"] == "done" and arms["b"]["seeds"][1]["status"] == "done"
+  assert arms["broken"]["seeds"][0]["status"] == "failed"
+  assert "this arm breaks" in arms["broken"]["seeds"][0]["error"]
+  # Final metric: mean and spread over seeds, hand-computed (make: x + seed/100; score: 2x).
+  a = result["final"]["a"]["metric"]
+  assert a["values"] == pytest.approx([2.0, 2.02]) and a["mean"] == pytest.approx(2.01)
+  assert a["std"] == pytest.approx(math.sqrt(2) * 0.01)
+  v = {x["claim"]: x for x in result["verdicts"]}
+  assert v["a beats b"]["result"] == "reproduced"  # margin 2.0, noise ~0.01
+  assert v["a beats b"]["margin"] == pytest.approx(2.0)
+  assert v["a beats broken"]["result"] == "not measured"
+  md = (tmp_path / "ablation.md").read_text()
+  assert "| broken |" in md and "failed (RuntimeError: this arm breaks)" in md
+  assert "a beats b: reproduced" in md
+  saved = json.loads((tmp_path / "ablation.json").read_text())
+  assert saved["arms"]["b"]["diff"] == {"make.x": 2.0}
+  # Again: finished stages are skipped, the failed arm is retried.
+  CALLS.clear()
+  ablation.run(_spec(), tmp_path)
+  assert {c[2] for c in CALLS} == {"make"} and {c[0] for c in CALLS} == {"broken"}
+
+
+def test_one_arm_job_needs_the_shared_stages_first(fake_stages, tmp_path):
+  with pytest.raises(ablation.AblationError, match="--shared first"):
+    ablation.run(_spec(), tmp_path, only=("a", 0))
+  ablation.run_shared(_spec(), tmp_path)
+  result = ablation.run(_spec(), tmp_path, only=("b", 1))
+  assert result["arms"]["b"]["seeds"][1]["status"] == "done"
+  assert result["arms"]["a"]["seeds"][0]["status"] == "unfinished"
+
+
+def test_verdicts_by_hand():
+  metric = {"name": "m", "better": "higher"}
+  expect = {"metric": "m", "better": "x", "worse": "y", "claim": "x > y"}
+  s = lambda vals: ablation._stats(vals)
+  v = ablation.verdict(expect, metric, {"x": {"m": s([1.0, 1.2])}, "y": {"m": s([1.05, 1.1])}})
+  # margin 0.025; variances 0.02 and 0.00125 over 2 seeds each: se = sqrt(0.01 + 0.000625)
+  assert v["margin"] == pytest.approx(0.025) and v["noise"] == pytest.approx(math.sqrt(0.010625))
+  assert v["result"] == "within noise"
+  v = ablation.verdict(expect, metric, {"x": {"m": s([1.0])}, "y": {"m": s([2.0])}})
+  assert v["result"] == "opposite direction" and "noise not measured" in v["line"]
+
+
+@pytest.mark.parametrize("name", ["fim_order", "fim_level", "quality_filter", "commits_repo"])
+def test_the_paper_ablations_are_well_formed(name):
+  spec = config_files.load(f"configs/ablations.py:{name}").to_dict()
+  ablation.check(spec)
+  for arm in spec["arms"]:  # every arm resolves against the recipe's real options
+    ablation.arm_options(spec, arm, spec["seeds"][-1])
+
+
+def test_target_loss_equals_a_hand_computation():
+  cfg = model.preset("tiny", vocab_size=97, max_seq_len=32)
+  params = model.init_params(cfg, seed=1)
+  rng = np.random.default_rng(0)
+  pairs = [(list(rng.integers(1, 97, n)), list(rng.integers(1, 97, m)))
+           for n, m in [(3, 4), (10, 1), (1, 7), (30, 9)]]  # the last one outgrows 32 tokens
+  got = likelihood.target_loss(cfg, params, pairs, batch_size=3)
+  nll, count = 0.0, 0
+  for context, target in pairs:
+    ids = (context + target)[-33:]
+    context_len = len(ids) - len(target)
+    logp = jax.nn.log_softmax(model.forward(cfg, params, jnp.asarray([ids[:-1]]))[0], axis=-1)
+    for t in range(context_len, len(ids)):
+      nll -= float(logp[t - 1, ids[t]])
+      count += 1
+  assert got["tokens"] == count and got["truncated"] == 1 and got["examples"] == 4
+  np.testing.assert_allclose(got["loss"], nll / count, rtol=f32_rtol(cfg.vocab_size))
