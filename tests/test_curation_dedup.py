@@ -119,3 +119,45 @@ def test_dedup_beam_matches_pure(planted):
                 equal_to([r["id"] for r in kept]), label="kept")
     assert_that(out[records.REJECTED] | "Rej" >> beam.Map(lambda r: (r["id"], r["reason"], r["detail"])),
                 equal_to([(r["id"], r["reason"], r["detail"]) for r in rejected]), label="rejected")
+
+
+def _beam_clusters(pairs, rounds):
+  import apache_beam as beam
+  from apache_beam.testing.util import assert_that, equal_to
+  cfg = minhash.MinHashConfig(cluster_rounds=rounds)
+  expected = sorted(minhash.clusters(pairs).items())
+  with beam.Pipeline(runner="FnApiRunner") as p:
+    out = dedup._cluster_labels(p | beam.Create(pairs), cfg, "C")
+    assert_that(out, equal_to(expected))
+  return expected
+
+
+def test_beam_clusters_by_large_and_small_stars_match_union_find():
+  """Chains, stars, cliques and a tree, in shuffled id order: the Beam joins give the union-find's
+  {member: smallest id} map; a chain of 127 random ids converges in 6 rounds."""
+  import random
+  rng = random.Random(0)
+  names = [f"id{i:04d}" for i in range(400)]
+  rng.shuffle(names)  # the smallest id sits anywhere in each cluster
+  it = iter(names)
+  pairs = []
+  chain = [next(it) for _ in range(127)]
+  pairs += list(zip(chain, chain[1:]))
+  star = [next(it) for _ in range(30)]
+  pairs += [(star[0], s) for s in star[1:]]
+  clique = [next(it) for _ in range(6)]
+  pairs += [(a, b) for i, a in enumerate(clique) for b in clique[i + 1:]]
+  tree = [next(it) for _ in range(40)]
+  pairs += [(tree[i], tree[(i - 1) // 2]) for i in range(1, 40)]
+  pairs += [(next(it), next(it)) for _ in range(20)]  # isolated pairs
+  pairs = [tuple(sorted(ab)) for ab in pairs]
+  rng.shuffle(pairs)
+  expected = _beam_clusters(pairs, rounds=6)
+  assert len(expected) == 126 + 29 + 5 + 39 + 20
+
+
+def test_beam_clusters_refuse_to_stop_early():
+  """A chain longer than the rounds resolve stops the pipeline with a message naming the knob."""
+  chain = [f"n{i:03d}" for i in range(40)]
+  with pytest.raises(Exception, match="cluster_rounds"):
+    _beam_clusters(list(zip(chain, chain[1:])), rounds=2)

@@ -36,12 +36,19 @@ class MinHashConfig:
   ngram: int = 5  # shingle length (words or characters)
   seed: int = 1  # the hash permutations (all workers must agree)
   max_bucket: int = 1000  # larger LSH buckets: members compared with the bucket's smallest id only
+  # Beam only: large-star/small-star rounds that resolve duplicate clusters (dedup._cluster_labels):
+  # stars and cliques, the usual LSH clusters, take 1; a chain of n pairs about log2(n) (8 rounds:
+  # chains of ~2000 random ids, ~500 ascending ones). A graph that needs more stops the run with
+  # an error naming this field.
+  cluster_rounds: int = 8
 
   def __post_init__(self):
     if self.shingle not in ("word", "char"):
       raise MinHashError(f"shingle={self.shingle!r}: expected 'word' or 'char'")
-    if min(self.num_perm, self.bands, self.rows, self.ngram, self.max_bucket) < 1:
-      raise MinHashError(f"num_perm, bands, rows, ngram, max_bucket must be >= 1: {self}")
+    if min(self.num_perm, self.bands, self.rows, self.ngram, self.max_bucket,
+           self.cluster_rounds) < 1:
+      raise MinHashError(f"num_perm, bands, rows, ngram, max_bucket, cluster_rounds must be >= 1: "
+                         f"{self}")
     if self.bands * self.rows > self.num_perm:
       raise MinHashError(f"bands*rows = {self.bands}*{self.rows} exceeds num_perm={self.num_perm}")
     if not 0.0 < self.threshold <= 1.0:
