@@ -1,4 +1,5 @@
-"""Runs every stage of the recipe in order, skipping stages whose outputs exist.
+"""Runs every stage of the recipe in order, skipping stages whose outputs exist; then writes
+WORKDIR/report.md and report.html (every stage's numbers, the models along the chain, the curves).
 
   python launch/recipe.py --config=configs/recipe.py:tiny --workdir=workdir/demo
 """
@@ -6,7 +7,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from seedcoder_jax import recipe
+from seedcoder_jax import recipe, recipe_report
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/recipe.py:tiny", "recipe config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where every stage writes its outputs", required=True)
@@ -21,7 +22,11 @@ def main(argv):
     # own lines); --verbosity=0 shows it.
     logging.set_verbosity(logging.WARNING)
   options = {name: c[name].to_dict() for name in c.stages if name in c}
-  recipe.run(list(c.stages), options, _WORKDIR.value)
+  try:
+    recipe.run(list(c.stages), options, _WORKDIR.value)
+  finally:  # also after a failed stage: the report shows what finished
+    md, page = recipe_report.write(_WORKDIR.value, list(c.stages))
+    print(f"[recipe] report: {page} ({md})")
 
 
 if __name__ == "__main__":

@@ -21,3 +21,34 @@ def test_unknown_stage_is_refused_before_any_work(tmp_path):
   with pytest.raises(ValueError, match=r"unknown recipe stages \['pretrian'\]"):
     recipe.run(["model_bench", "pretrian"], {}, tmp_path)
   assert not any(tmp_path.iterdir())
+
+
+def test_report_shows_every_stage_the_chain_and_the_curves(tmp_path):
+  from seedcoder_jax import recipe_report
+
+  def done(stage, summary):
+    (tmp_path / stage).mkdir(parents=True, exist_ok=True)
+    (tmp_path / stage / recipe.DONE).write_text(json.dumps(summary))
+
+  done("pretrain", {"first_loss": 6.2, "last_loss": 3.1, "eval_loss": 3.3, "seconds": 60})
+  rows = [{"step": s, "loss": 6.0 - s / 100} for s in (10, 20, 30)] + [{"step": 30, "eval_loss": 5.8}]
+  (tmp_path / "pretrain" / "run").mkdir()
+  (tmp_path / "pretrain" / "run" / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  heldout = lambda p, n: {"heldout": {"pass_rate": p, "n": n}}
+  done("sft", {"before": {**heldout(0.25, 16), "humaneval": {"pass_at_1": 0.061, "num_problems": 164}},
+               "after": heldout(0.625, 16), "seconds": 100})
+  done("dpo", {"after": heldout(0.75, 16), "seconds": 50})
+  done("rl", {"eval": [{"step": 0, "pass_rate": 0.437, "n": 87}, {"step": 16, "pass_rate": 0.782,
+                                                                 "n": 87}], "seconds": 2000})
+  (tmp_path / "dpo_pairs").mkdir()  # started, never finished
+  md, page = recipe_report.write(tmp_path, ["pretrain", "sft", "dpo_pairs", "dpo", "rl", "evaluate"])
+  text = md.read_text()
+  assert "| pretrain | done | 60 | first_loss 6.2, last_loss 3.1, eval_loss 3.3 |" in text
+  assert "| dpo_pairs | started, unfinished |" in text and "| evaluate | not run |" in text
+  assert "| imported base (SmolLM2-135M-Instruct) | 0.250 (n=16) | 0.061 (n=164) |" in text
+  assert "| after SFT | 0.625 (n=16) | — |" in text and "| after DPO | 0.750 (n=16) |" in text
+  assert "| RL step 0 -> 16 | 0.437 -> 0.782 (n=87) |" in text
+  assert "4 of 6 stages done" in text
+  assert (tmp_path / "report_curves.png").stat().st_size > 1000
+  assert "<td>after DPO</td>" in page.read_text()
