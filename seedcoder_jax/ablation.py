@@ -12,7 +12,8 @@ An ablation (a ConfigDict from configs/ablations.py) names:
   seeds    the repeats: each arm runs once per seed, the seed written into every `seed_keys` key;
   metrics  [{"name", "stage", "key", "better": "lower" | "higher"}]: a number in the stage's
            summary (its DONE.json), compared across arms;
-  curves   [{"name", "stage", "y"}]: a metrics.jsonl column of the stage's run/ over tokens;
+  curves   [{"name", "stage", "y", "x"}]: a metrics.jsonl column of the stage's run/ over
+           training tokens (x "tokens", the default: steps x batch x seq_len) or steps ("step");
   expect   [{"metric", "better", "worse", "claim"}]: the paper's direction, checked honestly.
 
 Each (arm, seed) is a recipe workdir DIR/<arm>/seed<k>/: finished stages are skipped
@@ -214,14 +215,14 @@ def _summary(directory: pathlib.Path, stage: str) -> Optional[dict]:
   return json.loads(done.read_text()) if done.exists() else None
 
 
-def _curve(directory: pathlib.Path, stage: str, y: str) -> list[tuple[float, float]]:
-  """(tokens seen, y) from the stage's run/metrics.jsonl (tokens: step x tokens per step)."""
+def _curve(directory: pathlib.Path, stage: str, y: str, x: str = "tokens") -> list[tuple[float, float]]:
+  """(tokens seen or step, y) from the stage's run/metrics.jsonl (tokens: step x batch x seq_len)."""
   path = directory / stage / "run" / "metrics.jsonl"
   config = directory / stage / "run" / "config.json"
   if not path.exists() or not config.exists():
     return []
   data = json.loads(config.read_text())["data"]
-  per_step = data["batch_size"] * data["seq_len"]
+  per_step = data["batch_size"] * data["seq_len"] if x == "tokens" else 1
   points = {}
   for line in path.open():
     row = json.loads(line)
@@ -283,7 +284,7 @@ def collect(ablation: dict, workdir) -> dict:
           "error": failed.read_text().strip().splitlines()[-1] if failed.exists() else None,
           "metrics": {m["name"]: _number(stages.get(m["stage"]), m["key"])
                       for m in ablation.get("metrics", [])},
-          "curves": {c["name"]: _curve(directory, c["stage"], c["y"])
+          "curves": {c["name"]: _curve(directory, c["stage"], c["y"], c.get("x", "tokens"))
                      for c in ablation.get("curves", [])}}
     arms[arm] = {"diff": flatten(ablation["arms"][arm]), "seeds": seeds}
   final = {arm: {m["name"]: _final(a, m["name"]) for m in ablation.get("metrics", [])}
@@ -332,7 +333,7 @@ def _plot(ablation: dict, arms: dict, workdir: pathlib.Path) -> list[str]:
         if points:
           x, y = zip(*points)
           ax.plot(x, y, label=f"{arm} (seed {seed})" if len(a["seeds"]) > 1 else arm)
-    ax.set_xlabel("training tokens")
+    ax.set_xlabel("training tokens" if c.get("x", "tokens") == "tokens" else "step")
     ax.set_ylabel(f"{c['stage']}: {c['y']}")
     ax.set_title(f"{ablation.get('name', '')}: {c['name']}")
     ax.legend()

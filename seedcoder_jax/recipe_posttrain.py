@@ -158,8 +158,13 @@ def rl(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
   config = _trainer_config("rl:demo", {"rl": {"problems": str(workdir / "problems")}}, options)
   summary = rl_lib.run(config, stage_dir / "run")
   evals = [json.loads(line) for line in (stage_dir / "run" / "eval.jsonl").open()]
+  rows = [json.loads(line) for line in (stage_dir / "run" / "metrics.jsonl").open()]
+  steps = {r["step"]: r.get("rollout_tokens", 0) for r in rows if "reward_mean" in r}
   print(f"[rl] held-out pass rate by step: {[(e['step'], round(e['pass_rate'], 3)) for e in evals]}")
   return {"eval": evals, "end_step": summary.get("end_step"),
+          "heldout_pass_rate_start": evals[0]["pass_rate"] if evals else None,
+          "heldout_pass_rate_end": evals[-1]["pass_rate"] if evals else None,
+          "rollout_tokens": int(sum(steps.values())),
           "last": {k: v for k, v in (summary.get("last") or {}).items()
                    if k in ("reward_mean", "pass_rate", "time_rollout", "time_reward",
                             "time_update", "groups_kept")}}

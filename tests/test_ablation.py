@@ -125,12 +125,17 @@ def test_verdicts_by_hand():
   assert v["result"] == "opposite direction" and "noise not measured" in v["line"]
 
 
-@pytest.mark.parametrize("name", ["fim_order", "fim_level", "quality_filter", "commits_repo"])
+@pytest.mark.parametrize("name", ["fim_order", "fim_level", "quality_filter", "commits_repo",
+                                  "rl_schedule", "rl_curriculum"])
 def test_the_paper_ablations_are_well_formed(name):
   spec = config_files.load(f"configs/ablations.py:{name}").to_dict()
   ablation.check(spec)
-  for arm in spec["arms"]:  # every arm resolves against the recipe's real options
-    ablation.arm_options(spec, arm, spec["seeds"][-1])
+  for arm in spec["arms"]:  # every arm resolves against the recipe's and the trainers' options
+    options = ablation.arm_options(spec, arm, spec["seeds"][-1])
+    for stage, spec_file in (("rl", "rl:demo"),):
+      if stage in options:
+        from seedcoder_jax import recipe_posttrain
+        recipe_posttrain._trainer_config(spec_file, {}, options[stage])
 
 
 def test_target_loss_equals_a_hand_computation():

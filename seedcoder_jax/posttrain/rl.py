@@ -417,6 +417,7 @@ def train(raw: dict, workdir) -> dict:
              "time_update": times["update"], "group_size": g,
              "max_new_tokens": stage.max_new_tokens, "lr": float(opt_lib.learning_rate_schedule(
                  cfg.opt)(int(jax.device_get(state.step)) - 1)),
+             "rollout_tokens": int(rollout_tokens),
              "tokens_per_s": metrics_lib.tokens_per_s(rollout_tokens, times["rollout"]),
              "mfu": perf.mfu(cfg.model.flops_per_token(seq_len),
                              metrics_lib.tokens_per_s(rows * seq_len * rl.updates_per_batch,
