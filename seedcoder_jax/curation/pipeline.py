@@ -286,15 +286,27 @@ def _filter_pass(p, plan: Plan, stage_dir: str) -> None:
   rejected = tuple(rejected) | "Rejected" >> beam.Flatten()
   counts.append(_count(kept, "KeptKind", lambda r: f"kept/{r['kind']}"))
   counts.append(_count(rejected, "RejectedKey", _rejection_key))
+  if plan.oracle is not None:
+    # The oracle's sample (the sample_size smallest oracle.sample_key over the kept files: the
+    # same sample as oracle.select_sample) drawn by a Beam combiner: only the sample reaches
+    # the driver's oracle + scorer step.
+    from seedcoder_jax.curation import oracle as oracle_lib
+    sample = (kept | "OracleFiles" >> beam.Filter(lambda r: r["kind"] == "file")
+              | "OracleSample" >> oracle_lib.OracleSample(plan.oracle))
+    _write_jsonl(sample, f"{stage_dir}/{ORACLE_SAMPLE}", "OracleSampleOut", single=True)
   _write_jsonl(kept, f"{stage_dir}/records", "Records")
   _write_jsonl(rejected, f"{stage_dir}/rejected", "Rejections")
   _finish_counts(counts, stage_dir)
 
 
+ORACLE_SAMPLE = "oracle_sample"  # DIR/stages/filter/oracle_sample.jsonl
+
+
 def _scorer_step(plan: Plan, workdir: str) -> dict:
   """The oracle + scorer step (driver). Returns how records are scored in the next pass.
 
-  The oracle labels a deterministic sample of the filtered files (answers cached in
+  The oracle labels a deterministic sample of the filtered files, drawn by the filter pass
+  (DIR/stages/filter/oracle_sample.jsonl: only the sample is read here; answers cached in
   DIR/oracle_cache.sqlite, so a rerun never pays twice), the scorer trains on the labels and is
   saved under DIR/stages/scorer/model (or scorer.checkpoint_dir), which the score pass loads
   once per worker.
@@ -307,9 +319,13 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
   ocfg = plan.oracle
   if not ocfg.cache_path:
     ocfg = dataclasses.replace(ocfg, cache_path=f"{workdir}/oracle_cache.sqlite")
-  files = [r for r in _read_lines(f"{workdir}/stages/filter/records*.jsonl") if r["kind"] == "file"]
-  sample = oracle_lib.select_sample(files, ocfg)
-  _progress(f"oracle ({ocfg.backend}, {ocfg.model}): labelling {len(sample)} of {len(files)} files")
+  sample_path = f"{workdir}/stages/filter/{ORACLE_SAMPLE}.jsonl"
+  if not _fs().exists(sample_path):
+    raise ConfigError(f"{sample_path} is missing (a filter pass from an older version?): delete "
+                      f"{workdir}/stages to start over")
+  sample = oracle_lib.select_sample(_read_lines(sample_path), ocfg)  # sorted as before
+  n_files = read_counts(f"{workdir}/stages/filter").get("kept/file", 0)
+  _progress(f"oracle ({ocfg.backend}, {ocfg.model}): labelling {len(sample)} of {n_files} files")
   t0 = time.time()
   annotated = oracle_lib.annotate(sample, oracle_backends.make_backend(ocfg), ocfg,
                                   template=oracle_lib.load_prompt_template(ocfg.prompt_path),
