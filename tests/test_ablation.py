@@ -3,6 +3,7 @@ the likelihood metrics they compare (evaluation/likelihood.py) against a hand co
 
 import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -155,3 +156,26 @@ def test_target_loss_equals_a_hand_computation():
       count += 1
   assert got["tokens"] == count and got["truncated"] == 1 and got["examples"] == 4
   np.testing.assert_allclose(got["loss"], nll / count, rtol=f32_rtol(cfg.vocab_size))
+
+
+@pytest.mark.slow
+def test_likelihood_eval_stage_on_a_trained_run(tmp_path):
+  """The recipe's likelihood_eval stage on a 4-step tiny pretraining run: every figure finite and
+  in the range of a near-uniform model over the tokenizer's vocabulary."""
+  base = config_files.load("configs/pretrain.py:tiny")
+  config = base.to_dict()
+  config["opt"].update(total_steps=4, warmup_steps=1)
+  config["ckpt"].update(every_steps=4, async_save=False)
+  config["eval"].update(every_steps=0, batches=1)
+  config["log"].update(every_steps=1, progress_bar=False)
+  (tmp_path / "tokenizer").mkdir()
+  (tmp_path / "tokenizer" / recipe.DONE).write_text(json.dumps({"spec": base.data.tokenizer}))
+  options = {"pretrain": {"config": config, "corpora": [str(pathlib.Path(base.data.corpora[0]).absolute())],
+                          "data": {"score_drop_fraction": 0.0}},
+             "likelihood_eval": {"model": "pretrain", "limit": 8}}
+  out = recipe.run(["pretrain", "likelihood_eval"], options, tmp_path)["likelihood_eval"]
+  vocab = base.prepare.vocab_size  # the tiny tokenizer the run trains with
+  for key in ("humaneval_solution_loss", "fim_middle_loss_spm", "fim_middle_loss_psm"):
+    assert 0.5 < out[key] < 2 * math.log(vocab), (key, out[key])
+  assert out["fim_order_trained"] == "spm" and out["fim_middle_loss"] == out["fim_middle_loss_spm"]
+  assert out["humaneval_solution_nats_per_char"] > 0 and out["humaneval_solution_tokens"] > 100
