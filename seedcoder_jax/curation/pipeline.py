@@ -4,40 +4,44 @@
 
 Passes (configs/curation.py describes the config groups):
 
-  filter  (Beam)   ingest -> syntax -> dedup (repo, exact, near); commits and web records join
-  scorer  (driver) the oracle labels a sample and the quality scorer trains on it
-  score   (Beam)   score every record, drop the bottom scorer.drop_percentile % of files,
-                   decontaminate, build
-                   repository-level records
-  output  (driver) DIR/corpus (files + web pages; write_corpus), DIR/commit_corpus, DIR/repo_corpus,
-                   DIR/decontamination.jsonl,
-                   DIR/stats.json, DIR/report.html
+  filter  (Beam)   ingest -> syntax -> dedup (repo, exact, near); commits and web records join;
+                   the oracle's sample drawn (a Beam combiner)
+  scorer  (driver) the oracle labels the sample and the quality scorer trains on it
+  score   (Beam)   score every record, drop the bottom scorer.drop_percentile % of files (Beam's
+                   approximate quantiles), decontaminate, build repository-level records
+  output  (Beam)   DIR/corpus (files + web pages), DIR/commit_corpus, DIR/repo_corpus through the
+                   corpus sink (curation.corpus_sink), DIR/decontamination.jsonl, the counts
+          (driver) DIR/stats.json and DIR/report.html from those counts
 
-Each pass writes DIR/stages/<pass>/ and, last, DIR/stages/<pass>/DONE; a rerun skips passes whose
-DONE exists, and refuses a workdir made with a different config. Beam passes read and write JSON
-lines through Beam's IO and take their runner from the pass-through options (`--runner=
-DataflowRunner`, Flink, Spark; without one, the in-process FnApiRunner). The driver steps (the
-oracle and scorer training, the final write_corpus, stats and report) use local paths: on a
-cluster DIR must be a filesystem both the driver and the workers see (NFS, gcsfuse); gs:// URLs
-as DIR are not supported yet (ingest inputs may be gs:// archives).
+The driver holds no records: it reads counts, the oracle's sample and small metadata, never a
+pass's output (dedup clusters, the percentile cut and the corpus order are all resolved by Beam
+transforms). Each pass writes DIR/stages/<pass>/ and, last, DIR/stages/<pass>/DONE; a rerun skips
+passes whose DONE exists, and refuses a workdir made with a different config. The runner comes
+from the pass-through options (`--runner=DataflowRunner`, Flink, Spark; without one, the
+in-process FnApiRunner). DIR and every artifact under it (the web classifier, the scorer
+checkpoint, stats, report) go through Beam's FileSystems, so DIR may be a gs:// URL that driver
+and workers share; only the oracle's answer cache (SQLite) stays local to the driver
+(DIR/oracle_cache.sqlite for a local DIR).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import pathlib
 import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Sequence
 
 from seedcoder_jax.curation import (decontam, dedup, ingest, minhash, records, repo_records,
                                     report, stats as stats_lib, syntax)
-from seedcoder_jax.input import corpus as corpus_lib
 from seedcoder_jax.input import source_files
 
-PASSES = ("filter", "scorer", "score", "output")
+PASSES = ("filter", "scorer", "score", "output")  # output: a Beam pass, then stats + report
 GROUPS = ("ingest", "syntax", "dedup", "oracle", "scorer", "repo", "commits", "web",
           "decontam", "output")
 
@@ -244,6 +248,34 @@ def _read_lines(pattern: str) -> list[dict]:
   return out
 
 
+def _write_text(path: str, text: str) -> None:
+  with _fs().create(path) as f:
+    f.write(text.encode("utf-8"))
+
+
+def _read_text(path: str) -> str:
+  with _fs().open(path, compression_type="uncompressed") as f:
+    return f.read().decode("utf-8")
+
+
+def _is_local(path: str) -> bool:
+  return _fs().get_scheme(path) is None
+
+
+def _mkdirs(path: str) -> None:
+  if _is_local(path):  # object stores (gs://) have no directories
+    pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _rmtree(path: str) -> None:
+  if _is_local(path):
+    shutil.rmtree(path, ignore_errors=True)
+    return
+  found = [m.path for r in _fs().match([f"{path}/**"]) for m in r.metadata_list]
+  if found:
+    _fs().delete(found)
+
+
 def read_counts(stage_dir: str) -> dict[str, int]:
   return dict(sorted((k, int(n)) for k, n in _read_lines(f"{stage_dir}/counts.jsonl")))
 
@@ -317,8 +349,12 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
   from seedcoder_jax.curation import oracle as oracle_lib
   from seedcoder_jax.curation import oracle_backends
   ocfg = plan.oracle
-  if not ocfg.cache_path:
-    ocfg = dataclasses.replace(ocfg, cache_path=f"{workdir}/oracle_cache.sqlite")
+  if not ocfg.cache_path:  # SQLite needs a local file: a gs:// DIR keeps it in the temp dir
+    local = workdir if _is_local(workdir) else os.path.join(
+        tempfile.gettempdir(), "seedcoder_oracle_cache",
+        hashlib.sha256(workdir.encode()).hexdigest()[:16])
+    _mkdirs(local)
+    ocfg = dataclasses.replace(ocfg, cache_path=f"{local}/oracle_cache.sqlite")
   sample_path = f"{workdir}/stages/filter/{ORACLE_SAMPLE}.jsonl"
   if not _fs().exists(sample_path):
     raise ConfigError(f"{sample_path} is missing (a filter pass from an older version?): delete "
@@ -332,9 +368,9 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
                                   cache=oracle_lib.OracleCache(ocfg.cache_path))
   summary = {**oracle_lib.summarize(annotated), "seconds": round(time.time() - t0, 1)}
   _progress(f"oracle done: {json.dumps(summary)}")
-  with open(f"{workdir}/stages/scorer/oracle.jsonl", "w", encoding="utf-8") as f:
-    for r in annotated:
-      f.write(json.dumps({k: v for k, v in r.items() if k != "text"}, ensure_ascii=False) + "\n")
+  _write_text(f"{workdir}/stages/scorer/oracle.jsonl", "".join(
+      json.dumps({k: v for k, v in r.items() if k != "text"}, ensure_ascii=False) + "\n"
+      for r in annotated))
   if plan.scorer is None:  # labels only (e.g. to check the oracle); scores stay heuristic
     return {**heuristic, "oracle": summary}
   if summary["labelled"] == 0:
@@ -443,50 +479,6 @@ def _run_beam(name: str, build, beam_args: Sequence[str]) -> float:
   return time.time() - t0
 
 
-OUTPUT_CORPORA = {"corpus": ("file", "web"), "commit_corpus": ("commit",)}
-
-
-def _output_step(plan: Plan, workdir: str, scoring: dict, pass_counts: dict) -> dict:
-  wd = pathlib.Path(workdir)
-  recs = sorted(_read_lines(f"{workdir}/stages/score/records*.jsonl"), key=lambda r: r["id"])
-  meta = {"score_kind": scoring["score_source"], "score": scoring["score"],
-          "made_by": "data/curate.py (seedcoder_jax.curation.pipeline)"}
-  outputs = {}
-  # Commits train only in continued pretraining (the paper): they get a corpus of their own, so
-  # phase 1 reads files and web pages and phase 2 mixes commit records in by weight.
-  for name, kinds in OUTPUT_CORPORA.items():
-    part = [r for r in recs if r["kind"] in kinds]
-    if part:
-      m = corpus_lib.write_corpus(part, wd / name, num_shards=plan.num_shards, metadata=meta,
-                                  overwrite=True)
-      outputs[name] = {"path": str(wd / name), "records": m["num_records"]}
-  repos = sorted(_read_lines(f"{workdir}/stages/score/repo_records*.jsonl"), key=lambda r: r["id"])
-  if repos:
-    m = corpus_lib.write_corpus(repos, wd / "repo_corpus", metadata=meta, overwrite=True)
-    outputs["repo_corpus"] = {"path": str(wd / "repo_corpus"), "records": m["num_records"]}
-  matches = sorted(_read_lines(f"{workdir}/stages/score/decontamination*.jsonl"),
-                   key=lambda m: m["id"])
-  (wd / "decontamination.jsonl").write_text(
-      "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in matches), encoding="utf-8")
-  languages: dict[str, int] = {}
-  for r in recs:
-    languages[r["language"]] = languages.get(r["language"], 0) + 1
-  stats = stats_lib.build_stats(
-      {"filter": pass_counts["filter"], "score": pass_counts["score"]},
-      extra={"score_source": scoring["score_source"],
-             **{k: scoring[k] for k in ("oracle", "scorer", "score_fallback") if k in scoring},
-             "kept_by_language": languages,
-             "repo_records": len(repos), "decontamination_matches": len(matches),
-             "outputs": outputs})
-  if len(recs) != stats["kept"]:
-    raise stats_lib.AccountingError(f"{len(recs)} records read back for the corpus, but the "
-                                    f"score pass counted {stats['kept']} kept")
-  (wd / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=False) + "\n")
-  if plan.report:
-    report.write_report(wd, stats, [r["score"] for r in recs], languages, matches)
-  return stats
-
-
 def _snapshot(config) -> str:
   return json.dumps(_as_dict(config) if not hasattr(config, "to_json") else json.loads(
       config.to_json()), sort_keys=True, indent=1, default=str)
@@ -494,65 +486,88 @@ def _snapshot(config) -> str:
 
 def run(config, workdir: str, *, inputs: Sequence[str] | None = None,
         beam_args: Sequence[str] = ()) -> dict:
-  """Runs (or resumes) the curation into `workdir`; returns the stats.json dict."""
+  """Runs (or resumes) the curation into `workdir`; returns the stats.json dict.
+
+  `workdir` is any Beam filesystem path (local, gs://): every output and artifact goes through
+  `FileSystems`."""
   plan = make_plan(config, inputs)
   beam_options(beam_args)  # refuses unknown flags before any work
-  wd = pathlib.Path(workdir)
-  wd.mkdir(parents=True, exist_ok=True)
+  wd = workdir.rstrip("/")
+  _mkdirs(wd)
   snap = json.dumps({"config": json.loads(_snapshot(config)), "inputs": list(plan.inputs)},
                     sort_keys=True, indent=1)
-  snap_path = wd / "config.json"
-  if snap_path.exists() and snap_path.read_text() != snap:
+  snap_path = f"{wd}/config.json"
+  if _fs().exists(snap_path) and _read_text(snap_path) != snap:
     raise ConfigError(f"{wd} was curated with a different config or inputs ({snap_path}); use a "
-                      f"new --workdir, or delete {wd / 'stages'} to start over")
-  snap_path.write_text(snap)
-  stages = wd / "stages"
+                      f"new --workdir, or delete {wd}/stages to start over")
+  _write_text(snap_path, snap)
+  stages = f"{wd}/stages"
   index = decontam.benchmark_index(plan.decontam) if plan.decontam is not None else None
 
   def done(name):
-    return stages / name / "DONE"
+    return f"{stages}/{name}/DONE"
 
   def start(name):
     # A pass killed midway leaves shards that its rerun might not overwrite (another shard
     # count): a pass always starts from an empty folder.
-    shutil.rmtree(stages / name, ignore_errors=True)
-    (stages / name).mkdir(parents=True)
+    _rmtree(f"{stages}/{name}")
+    _mkdirs(f"{stages}/{name}")
     for later in PASSES[PASSES.index(name) + 1:]:  # they read this pass's output: redo them
-      (stages / later / "DONE").unlink(missing_ok=True)
+      if _fs().exists(done(later)):
+        _fs().delete([done(later)])
 
-  if not done("filter").exists():
+  def beam_pass(name, build, then=lambda: None):
+    _progress(f"pass {name}")
+    start(name)
+    secs = _run_beam(name, build, beam_args)
+    then()
+    _write_text(done(name), json.dumps({"seconds": secs}) + "\n")
+    _progress(f"pass {name} done in {secs:.1f}s")
+
+  if not _fs().exists(done("filter")):
     _progress(f"pass filter: {len(plan.inputs)} input path(s)")
-    start("filter")
-    secs = _run_beam("filter", lambda p: _filter_pass(p, plan, str(stages / "filter")), beam_args)
-    c = read_counts(str(stages / "filter"))
+    plan_f = plan
+    if plan.web is not None and not plan.web.model_path:  # workers load it from the workdir
+      plan_f = dataclasses.replace(plan, web=dataclasses.replace(
+          plan.web, model_path=f"{stages}/filter/web_classifier.npz"))
+    beam_pass("filter", lambda p: _filter_pass(p, plan_f, f"{stages}/filter"))
+    c = read_counts(f"{stages}/filter")
     stats_lib.check_pass("filter", c, sum(v for k, v in c.items() if k.startswith("input/")))
-    done("filter").write_text(json.dumps({"seconds": secs}) + "\n")
-    _progress(f"pass filter done in {secs:.1f}s: " + json.dumps(
+    _progress("filter counts: " + json.dumps(
         {k: v for k, v in c.items() if not k.startswith("stage/")}))
   else:
     _progress("pass filter: already done, skipped")
-  if not done("scorer").exists():
+  if not _fs().exists(done("scorer")):
     _progress("step oracle + scorer")
     start("scorer")
-    scoring = _scorer_step(plan, workdir)
-    (stages / "scorer" / "scoring.json").write_text(json.dumps(scoring, indent=1) + "\n")
-    done("scorer").write_text("{}\n")
-  scoring = json.loads((stages / "scorer" / "scoring.json").read_text())
-  if not done("score").exists():
-    _progress(f"pass score ({scoring['score_source']} scores)")
-    start("score")
-    secs = _run_beam("score", lambda p: _score_pass(p, plan, str(wd), scoring, index), beam_args)
-    done("score").write_text(json.dumps({"seconds": secs}) + "\n")
-    _progress(f"pass score done in {secs:.1f}s")
+    t0 = time.time()
+    scoring = _scorer_step(plan, wd)
+    _write_text(f"{stages}/scorer/scoring.json", json.dumps(scoring, indent=1) + "\n")
+    _write_text(done("scorer"), json.dumps({"seconds": time.time() - t0}) + "\n")
+  scoring = json.loads(_read_text(f"{stages}/scorer/scoring.json"))
+  if not _fs().exists(done("score")):
+    beam_pass("score", lambda p: _score_pass(p, plan, wd, scoring, index))
   else:
     _progress("pass score: already done, skipped")
-  counts = {"filter": read_counts(str(stages / "filter")), "score": read_counts(str(stages / "score"))}
-  if not done("output").exists():
-    start("output")
-    stats = _output_step(plan, str(wd), scoring, counts)
-    done("output").write_text("{}\n")
+  if not _fs().exists(done("output")):
+    from seedcoder_jax.curation import corpus_sink
+    from seedcoder_jax.curation import output as output_lib
+    for name in (*output_lib.OUTPUT_CORPORA, output_lib.REPO_CORPUS):
+      corpus_sink.clear_corpus(f"{wd}/{name}")
+    for name in (output_lib.DECONTAMINATION, "stats.json"):
+      if _fs().exists(f"{wd}/{name}"):
+        _fs().delete([f"{wd}/{name}"])
+
+    def stats_and_report():
+      counts = {name: read_counts(f"{stages}/{name}") for name in ("filter", "score", "output")}
+      output_lib.output_step(plan, wd, scoring, counts)
+
+    beam_pass("output", lambda p: output_lib.output_pass(p, plan, wd, scoring),
+              then=stats_and_report)
   else:
-    stats = json.loads((wd / "stats.json").read_text())
+    _progress("pass output: already done, skipped")
+  stats = json.loads(_read_text(f"{wd}/stats.json"))
   _progress(f"done: {stats['input']} inputs -> {stats['kept']} kept, "
-            f"{sum(stats['rejected'].values())} rejected; corpus in {wd / 'corpus'}")
+            f"{sum(stats['rejected'].values())} rejected; corpus in {wd}/corpus")
   return stats
+

@@ -13,6 +13,19 @@ import pathlib
 
 import numpy as np
 
+SCORE_BINS = 20  # histogram bins over scores 0-10 (0.5 wide)
+SCORE_EDGES = np.linspace(0, 10, SCORE_BINS + 1)
+
+
+def score_bin(score: float) -> int:
+  """The histogram bin of a score, as numpy's histogram puts it (the last bin is closed; a score
+  outside 0-10 is clipped into the first or last bin)."""
+  return int(min(max(np.searchsorted(SCORE_EDGES, score, side="right") - 1, 0), SCORE_BINS - 1))
+
+
+def score_histogram(scores) -> list[int]:
+  return [int(n) for n in np.bincount([score_bin(s) for s in scores], minlength=SCORE_BINS)]
+
 
 def _bar(ax, labels, values, title):
   y = np.arange(len(labels))
@@ -24,17 +37,19 @@ def _bar(ax, labels, values, title):
     ax.text(v, i, f" {v}", va="center", fontsize=8)
 
 
-def write_figures(out: pathlib.Path, stats: dict, scores: np.ndarray,
+def write_figures(out: pathlib.Path, stats: dict, score_hist: list[int],
                   languages: dict[str, int]) -> list[str]:
+  """The PNGs; `score_hist`: kept records per score bin (score_histogram; counted by Beam)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   names = []
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  ax.hist(scores, bins=np.linspace(0, 10, 21), color="#4c72b0")
+  centres = (SCORE_EDGES[:-1] + SCORE_EDGES[1:]) / 2
+  ax.hist(centres, bins=SCORE_EDGES, weights=np.asarray(score_hist, np.float64), color="#4c72b0")
   ax.set_xlabel(f"score ({stats.get('score_source', '?')})")
   ax.set_ylabel("kept records")
-  ax.set_title(f"Scores of {len(scores)} kept records")
+  ax.set_title(f"Scores of {int(sum(score_hist))} kept records")
   fig.tight_layout()
   fig.savefig(out / "score_histogram.png", dpi=100)
   plt.close(fig)
@@ -58,11 +73,14 @@ def _table(rows, header) -> str:
   return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(out: str | pathlib.Path, stats: dict, scores: np.ndarray,
+def write_report(out: str | pathlib.Path, stats: dict, score_hist: list[int],
                  languages: dict[str, int], matches: list[dict]) -> pathlib.Path:
-  """Writes the PNGs and report.html into `out`; returns the HTML path."""
+  """Writes the PNGs and report.html into local directory `out`; returns the HTML path.
+
+  `matches`: the first decontamination matches (stats["decontamination_matches"] counts all)."""
   out = pathlib.Path(out)
-  figures = write_figures(out, stats, np.asarray(scores, np.float32), languages)
+  figures = write_figures(out, stats, score_hist, languages)
+  n_matches = stats.get("decontamination_matches", len(matches))
   total_rej = sum(stats["rejected"].values())
   parts = [
       "<!doctype html><html><head><meta charset='utf-8'><title>Curation report</title>",
@@ -82,6 +100,8 @@ def write_report(out: str | pathlib.Path, stats: dict, scores: np.ndarray,
       "<h2>Figures</h2>",
       *[f"<p><img src='{f}' alt='{f}'></p>" for f in figures],
       "<h2>Decontamination matches</h2>",
+      *([f"<p>The first {len(matches)} of {n_matches} (all in decontamination.jsonl).</p>"]
+        if n_matches > len(matches) else []),
       _table([(m["id"], ", ".join(m["task_ids"])) for m in matches], ["record", "benchmark tasks"])
       if matches else "<p>none</p>",
       "<h2>stats.json</h2>",

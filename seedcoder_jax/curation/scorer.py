@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -180,7 +182,18 @@ class Scorer:
     return self.score_ids(self.encode(texts))
 
   def save(self, directory: str | pathlib.Path) -> None:
-    """DIR/backbone (interop.orbax_params), DIR/head.npz, DIR/scorer_config.json."""
+    """DIR/backbone (interop.orbax_params), DIR/head.npz, DIR/scorer_config.json (last).
+
+    DIR may be any Beam filesystem path (gs://: written locally, then copied up)."""
+    from seedcoder_jax.curation import artifacts
+    if not artifacts.is_local(directory):
+      tmp = tempfile.mkdtemp(prefix="scorer_")
+      try:
+        self.save(tmp)
+        artifacts.publish(tmp, str(directory), last=CONFIG_FILE)
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+      return
     from seedcoder_jax.interop import orbax_params
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -194,7 +207,18 @@ class Scorer:
 
 
 def load_scorer(directory: str | pathlib.Path, *, mesh=None) -> Scorer:
-  """The scorer saved by `Scorer.save` (its config file is written last: a complete checkpoint)."""
+  """The scorer saved by `Scorer.save` (its config file is written last: a complete checkpoint);
+  any Beam filesystem path (a gs:// one is downloaded to a temporary directory first)."""
+  from seedcoder_jax.curation import artifacts
+  if not artifacts.is_local(directory):
+    if not artifacts._fs().exists(f"{str(directory).rstrip('/')}/{CONFIG_FILE}"):
+      raise FileNotFoundError(f"{directory}/{CONFIG_FILE} not found: not a complete scorer "
+                              "checkpoint")
+    tmp = artifacts.download(str(directory))
+    try:
+      return load_scorer(tmp, mesh=mesh)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
   import jax.numpy as jnp
   from seedcoder_jax import tokenizer as tokenizer_lib
   from seedcoder_jax.interop import orbax_params

@@ -93,9 +93,9 @@ class WebConfig:
     thresholds: category -> minimum LLM rating (0-10) kept; every category of CATEGORIES needed.
     max_rate_chars: the text given to the rater is cut to this many characters.
     rate_batch_size: pages per `rate` call.
-    model_path: where WebRecords writes the trained classifier for its workers to load ("" = a
-      temporary local file: fine on the DirectRunner; give a shared path, e.g. gs://, on
-      distributed runners).
+    model_path: where WebRecords writes the trained classifier for its workers to load, any Beam
+      filesystem path ("" = DIR/stages/filter/web_classifier.npz in the curation pipeline; a
+      temporary local file when WebRecords is used alone, fine on an in-process runner).
   """
   inputs: tuple[str, ...] = ()
   min_chars: int = 200
