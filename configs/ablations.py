@@ -107,7 +107,7 @@ def quality_filter() -> dict:
       "description": "Curation with the LLM quality oracle and scorer (files below the score cut "
                      "dropped) vs rules only, same raw input; each arm trains its tokenizer and "
                      "the tiny model on its own corpus with the same token budget.",
-      "stages": stages, "shared": [], "base": base,
+      "stages": stages, "shared": [], "per_arm": ["curate", "tokenizer"], "base": base,
       "arms": {"llm_filter": {},
                "rules_only": {"curate": {"overrides": {"oracle": {"enabled": False},
                                                        "scorer": {"enabled": False}}}}},

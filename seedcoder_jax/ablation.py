@@ -5,6 +5,8 @@
 An ablation (a ConfigDict from configs/ablations.py) names:
   stages   recipe stages (seedcoder_jax.recipe.STAGES) every arm runs, in order;
   shared   the leading stages all arms share: run once in DIR/shared/, linked into each arm;
+  per_arm  the stages after those that depend on the arm but not the seed: run once per arm in
+           DIR/<arm>/common/ (e.g. each arm's own curation and tokenizer), linked into its seeds;
   base     every stage's recipe options (configs/recipe.py's, say), the same for all arms;
   arms     {arm: nested options}: each arm's whole difference from `base`, merged into it;
   keys     the option keys (or key prefixes) the ablation varies: an arm that touches anything
@@ -120,14 +122,18 @@ def check(ablation: dict) -> None:
   shared = list(ablation.get("shared", []))
   if shared != list(ablation["stages"][:len(shared)]):
     raise AblationError(f"ablation.shared={shared} must be the leading stages of {ablation['stages']}")
+  per_arm = list(ablation.get("per_arm", []))
+  if per_arm != list(ablation["stages"][len(shared):len(shared) + len(per_arm)]):
+    raise AblationError(f"ablation.per_arm={per_arm} must be the stages right after the shared "
+                        f"ones in {ablation['stages']}")
   if len(ablation["arms"]) < 2:
     raise AblationError("ablation.arms: an ablation compares at least two arms")
   seeds = ablation.get("seeds", [0])
   seed_keys = ablation.get("seed_keys", [])
   for key in seed_keys:
-    if key.split(".")[0] in shared:
-      raise AblationError(f"ablation.seed_keys: {key!r} is in a shared stage (shared stages run "
-                          "once for every arm and seed)")
+    if key.split(".")[0] in shared + per_arm:
+      raise AblationError(f"ablation.seed_keys: {key!r} is in a shared or per-arm stage (those "
+                          "run once for every seed)")
   base = ablation["base"]
   for arm in ablation["arms"]:
     for seed in seeds:
@@ -169,19 +175,29 @@ def run_shared(ablation: dict, workdir: pathlib.Path) -> None:
     recipe.run(shared, ablation["base"], workdir / "shared")
 
 
+def _link(directory: pathlib.Path, stages, target: pathlib.Path) -> None:
+  for stage in stages:
+    link = directory / stage
+    if not link.exists():
+      link.symlink_to(target / stage)
+
+
 def run_arm(ablation: dict, workdir: pathlib.Path, arm: str, seed: int) -> Optional[str]:
   """Runs one (arm, seed); None when it finished, else the error (also in FAILED.txt)."""
   from seedcoder_jax import recipe
   directory = run_dir(workdir, arm, seed)
-  directory.mkdir(parents=True, exist_ok=True)
-  for stage in ablation.get("shared", []):
-    link = directory / stage
-    if not link.exists():
-      link.symlink_to(pathlib.Path("..", "..", "shared", stage))
+  common = workdir / arm / "common"
+  per_arm = list(ablation.get("per_arm", []))
+  for d in (directory, common) if per_arm else (directory,):
+    d.mkdir(parents=True, exist_ok=True)
+    _link(d, ablation.get("shared", []), pathlib.Path("..", "..", "shared"))
+  _link(directory, per_arm, pathlib.Path("..", "common"))
   (directory / "options.json").write_text(
       json.dumps(arm_options(ablation, arm, seed), indent=2, default=str) + "\n")
   (directory / FAILED).unlink(missing_ok=True)
   try:
+    if per_arm:
+      recipe.run(per_arm, arm_options(ablation, arm, seed), common)
     recipe.run(list(ablation["stages"]), arm_options(ablation, arm, seed), directory)
   except Exception as e:  # an arm that fails is reported, not dropped; the others still run
     (directory / FAILED).write_text(traceback.format_exc())
@@ -202,6 +218,12 @@ def run(ablation: dict, workdir, *, only: Optional[tuple[str, int]] = None) -> d
     if missing:
       raise AblationError(f"shared stages {missing} are not done in {workdir / 'shared'}: run "
                           "launch/ablate.py --shared first")
+    first = ablation.get("seeds", [0])[0]
+    common = workdir / only[0] / "common"
+    missing = [s for s in ablation.get("per_arm", []) if _summary(common, s) is None]
+    if only[1] != first and missing:
+      raise AblationError(f"per-arm stages {missing} of arm {only[0]!r} are not done in {common}: "
+                          f"run its seed {first} first (it runs them)")
   for arm, seed in runs(ablation):
     if only is None or only == (arm, seed):
       run_arm(ablation, workdir, arm, seed)

@@ -76,6 +76,8 @@ def test_arms_differing_outside_the_named_keys_are_refused(fake_stages):
     ablation.check(_spec(arms={"a": {}}))
   with pytest.raises(ablation.AblationError, match="seed_keys"):
     ablation.check(_spec(seed_keys=["prep.n"]))
+  with pytest.raises(ablation.AblationError, match="per_arm"):
+    ablation.check(_spec(per_arm=["score"]))
 
 
 def test_runner_runs_every_arm_resumes_and_reports_failed_arms(fake_stages, tmp_path):
@@ -103,6 +105,19 @@ def test_runner_runs_every_arm_resumes_and_reports_failed_arms(fake_stages, tmp_
   CALLS.clear()
   ablation.run(_spec(), tmp_path)
   assert {c[2] for c in CALLS} == {"make"} and {c[0] for c in CALLS} == {"broken"}
+
+
+def test_per_arm_stages_run_once_per_arm(fake_stages, tmp_path):
+  spec = _spec(per_arm=["make"], seed_keys=["score.seed"], keys=["make.x", "make.fail"],
+               arms={"a": {}, "b": {"make": {"x": 2.0}}}, expect=[])
+  spec["base"]["score"]["seed"] = 0
+  result = ablation.run(spec, tmp_path)
+  assert sorted(c[:2] for c in CALLS if c[2] == "make") == [("a", "common"), ("b", "common")]
+  assert (tmp_path / "b" / "seed1" / "make").is_symlink()
+  assert result["final"]["b"]["metric"]["values"] == [4.0, 4.0]
+  with pytest.raises(ablation.AblationError, match="run its seed 0 first"):
+    ablation.run({**spec, "arms": {**spec["arms"], "c": {"make": {"x": 3.0}}}}, tmp_path,
+                 only=("c", 1))
 
 
 def test_one_arm_job_needs_the_shared_stages_first(fake_stages, tmp_path):
