@@ -227,8 +227,10 @@ def seed_coder_8b(c, *, phase: int, gpu: bool = False):
   # v5p-128, one 8K sequence per chip, flash attention: 17.1 GiB per chip instead of 20.6).
   c.model.loss_chunk = 1024
   # data/curate.py --config=configs/curation.py:full writes these: DIR/corpus (files + web pages,
-  # bottom 10% by the scorer already dropped) and DIR/commit_corpus. Replace YOUR_BUCKET.
-  c.data.corpora = ("gs://YOUR_BUCKET/curation/corpus",)
+  # bottom 10% by the scorer already dropped) and DIR/commit_corpus. Replace YOUR_BUCKET. Corpora
+  # are read through a gcsfuse mount of the bucket (CORPUS_BUCKET=YOUR_BUCKET in
+  # launch/tpu/create_and_run.sh); the tokenizer, init and workdir paths are gs:// themselves.
+  c.data.corpora = ("/gcs/YOUR_BUCKET/curation/corpus",)
   c.prepare.update(stdlib_corpus="", tokenizer="")  # real data only: nothing built on first use
   c.data.score_drop_fraction = 0.0  # the curation dropped the bottom 10% already
   c.data.tokenizer = "spm:gs://YOUR_BUCKET/tokenizer/seed_coder.model"
@@ -248,8 +250,8 @@ def seed_coder_8b(c, *, phase: int, gpu: bool = False):
     c.model.max_seq_len = 32_768
     c.data.seq_len = 32_768
     c.data.batch_size = 256  # the same 8.4M tokens per step at 32K
-    c.data.corpora = ("gs://YOUR_BUCKET/curation/corpus", "gs://YOUR_BUCKET/curation/corpus",
-                      "gs://YOUR_BUCKET/curation/commit_corpus")
+    c.data.corpora = ("/gcs/YOUR_BUCKET/curation/corpus", "/gcs/YOUR_BUCKET/curation/corpus",
+                      "/gcs/YOUR_BUCKET/curation/commit_corpus")
     c.data.repo_level = (False, True, False)
     c.data.weights = (0.5, 0.3, 0.2)
     c.data.fim_rate = 0.1

@@ -7,7 +7,9 @@
 #
 # WORKDIR should be a gs:// path (every worker writes its checkpoint shards there). Rerunning the
 # last command after a preemption resumes from the newest checkpoint. Needs gcloud, a project with
-# TPU quota, and the corpus/tokenizer paths of the config readable from the VMs.
+# TPU quota, and the corpus/tokenizer paths of the config readable from the VMs. Corpora are read
+# through gcsfuse (ArrayRecord opens local files only): with CORPUS_BUCKET=B every worker mounts
+# gs://B read-only at /gcs/B, and the config names corpora /gcs/B/... (configs/pretrain.py:8b does).
 set -euo pipefail
 NAME=$1 ZONE=$2 ACCELERATOR=$3 CONFIG=$4 WORKDIR=$5
 shift 5
@@ -26,6 +28,12 @@ ssh_all "set -e; test -d seedcoder-jax || git clone -b $BRANCH $REPO seedcoder-j
   cd seedcoder-jax && git fetch -q && git checkout -q $BRANCH && git pull -q;
   python3.12 -m venv .venv && .venv/bin/pip install -q -r requirements.txt -r requirements-tpu.txt &&
   .venv/bin/pip install -q --no-deps -r requirements-data.txt && .venv/bin/pip install -q --no-deps -e ."
+
+if [[ -n "${CORPUS_BUCKET:-}" ]]; then
+  ssh_all "set -e; command -v gcsfuse >/dev/null || { echo \"gcsfuse is not installed on \$(hostname)\"; exit 1; };
+    sudo mkdir -p /gcs/$CORPUS_BUCKET && sudo chown \$USER /gcs/$CORPUS_BUCKET;
+    mountpoint -q /gcs/$CORPUS_BUCKET || gcsfuse --implicit-dirs -o ro $CORPUS_BUCKET /gcs/$CORPUS_BUCKET"
+fi
 
 # One command on all workers; maybe_initialize_distributed() joins them into one JAX run.
 ssh_all "cd seedcoder-jax && nohup .venv/bin/python launch/train.py --config=$CONFIG \

@@ -1,6 +1,6 @@
 """The pre-scored corpus: ArrayRecord shards with random access, plus a small index.
 
-A corpus is a directory:
+A corpus is a local directory (or a gcsfuse mount of a bucket; gs:// itself is refused by name):
 
   corpus.json                      metadata; written last, so its presence marks a complete corpus
   data-00000-of-00004.array_record records, one JSON object each (UTF-8), group_size 1 (random access)
@@ -24,6 +24,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from seedcoder_jax import storage
+
 FORMAT = "seedcoder-corpus"
 VERSION = 1
 FIELDS = ("text", "language", "kind", "repo", "path", "score")
@@ -34,6 +36,18 @@ INDEX_FILE = "index.npz"
 
 class CorpusError(ValueError):
   """A missing, incomplete or malformed corpus; the message names the directory and the problem."""
+
+
+def _refuse_remote(path) -> None:
+  """ArrayRecord reads and writes local files only (its reader is a file descriptor): a gs://
+  corpus is read through a gcsfuse mount of its bucket, which launch/tpu/create_and_run.sh makes."""
+  if storage.is_remote(path):
+    bucket, _, rest = str(path).partition("://")[2].partition("/")
+    raise CorpusError(
+        f"{path}: a corpus is read from a local or mounted folder (ArrayRecord opens local files "
+        f"only); mount the bucket with gcsfuse (launch/tpu/create_and_run.sh does, with "
+        f"CORPUS_BUCKET={bucket}: `gcsfuse --implicit-dirs -o ro {bucket} /gcs/{bucket}`) and "
+        f"name the corpus /gcs/{bucket}/{rest}")
 
 
 def _shard_name(i: int, n: int) -> str:
@@ -68,6 +82,7 @@ def write_corpus(records: Iterable[dict], output: str | pathlib.Path, *, num_sha
   made) is stored in corpus.json beside the counts.
   """
   from array_record.python.array_record_module import ArrayRecordWriter
+  _refuse_remote(output)
   out = pathlib.Path(output)
   if (out / METADATA_FILE).exists() and not overwrite:
     raise CorpusError(f"{out} already holds a corpus (pass overwrite=True to replace it)")
@@ -158,6 +173,7 @@ class Corpus:
 
 def open_corpus(path: str | pathlib.Path) -> Corpus:
   """Opens the corpus in directory `path`: random-access source, metadata and index."""
+  _refuse_remote(path)
   p = pathlib.Path(path)
   if not p.is_dir():
     raise CorpusError(f"corpus directory not found: {p} (write one with data/make_corpus.py "

@@ -20,6 +20,10 @@ Restore decides from the files alone, so every process reaches the same verdict:
   - checkpoints exist but all are corrupt: NoRestorableCheckpointError, unless
     `ckpt.allow_fresh_start` lets the run start over.
 
+DIR may be gs:// (paths are epath, seedcoder_jax/storage.py; orbax writes array bytes with
+tensorstore's gcs driver and, as Cloud Storage has no atomic rename, marks a finished step with
+commit_success.txt instead; setting a corrupt step aside copies it).
+
 Preemption: `PreemptionGuard` turns SIGTERM into a flag that the loop polls, so the trainer
 saves and exits cleanly; on multi-process runs JAX's preemption sync point (JAX's own SIGTERM
 notifier) makes every process agree on the step to save at.
@@ -30,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pathlib
 import re
 import signal
 import threading
@@ -40,7 +43,10 @@ from typing import Any, Optional
 import grain.checkpoint as grain_ckpt
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
+
+from seedcoder_jax import storage
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +96,26 @@ def _abstract_with_shardings(abstract_tree, shardings):
                       abstract_tree, shardings)
 
 
-def write_manifest(step_dir: pathlib.Path) -> None:
-  """Records the size of every file of a finished save (process 0; atomic rename)."""
-  files = {str(f.relative_to(step_dir)): f.stat().st_size
-           for f in sorted(step_dir.rglob("*")) if f.is_file() and f.name != MANIFEST}
-  tmp = step_dir / f"{MANIFEST}.tmp"
-  tmp.write_text(json.dumps(files, indent=0))
-  tmp.rename(step_dir / MANIFEST)
+def _files(folder: epath.Path) -> list[epath.Path]:
+  """Every file under `folder` (iterdir, not walk: gcsfs's walk drops the gs:// of its paths)."""
+  out = []
+  for p in folder.iterdir():
+    out.extend(_files(p) if p.is_dir() else [p])
+  return sorted(out)
 
 
-def _state_metadata(step_dir: pathlib.Path):
+def write_manifest(step_dir: epath.Path) -> None:
+  """Records the size of every file of a finished save (process 0; written atomically)."""
+  files = {str(f.relative_to(step_dir)): f.stat().length
+           for f in _files(step_dir) if f.name != MANIFEST}
+  storage.write_atomic(step_dir / MANIFEST, json.dumps(files, indent=0))
+
+
+def _state_metadata(step_dir: epath.Path):
   return ocp.StandardCheckpointHandler().metadata(step_dir / STATE).tree
 
 
-def corruption(step_dir: pathlib.Path, with_data: bool) -> Optional[str]:
+def corruption(step_dir: epath.Path, with_data: bool) -> Optional[str]:
   """Why the saved step in `step_dir` is corrupt, judged from its files alone (the same answer on
   every process); None when it looks intact."""
   manifest = step_dir / MANIFEST
@@ -116,8 +128,8 @@ def corruption(step_dir: pathlib.Path, with_data: bool) -> Optional[str]:
       f = step_dir / name
       if not f.is_file():
         return f"{name} is missing"
-      if f.stat().st_size != size:
-        return f"{name} has {f.stat().st_size} bytes, {size} when saved"
+      if f.stat().length != size:
+        return f"{name} has {f.stat().length} bytes, {size} when saved"
   missing = [name for name in REQUIRED if not (step_dir / name).is_file()]
   if with_data and not list((step_dir / DATA).glob("process_*-of-*.json")):
     missing.append(f"{DATA}/process_*-of-*.json")
@@ -134,7 +146,7 @@ def _path(keys) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keys)
 
 
-def check_matches(step_dir: pathlib.Path, target, with_data: bool) -> None:
+def check_matches(step_dir: epath.Path, target, with_data: bool) -> None:
   """Raises CheckpointMismatchError naming each difference between the saved step and this run:
   leaves missing or extra, shapes, and the process count of the Grain iterator state (saved as
   one file per process, which cannot be re-split over another number of processes)."""
@@ -163,7 +175,7 @@ class Checkpointer:
   """An Orbax CheckpointManager over (train state, Grain iterator, metadata)."""
 
   def __init__(self, directory, cfg: CheckpointConfig = CheckpointConfig()):
-    self.directory = pathlib.Path(directory).absolute()  # orbax requires absolute paths
+    self.directory = storage.path(directory)  # local ones absolute: orbax requires it
     self.cfg = cfg
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True,
@@ -297,7 +309,7 @@ def restore_params(directory, abstract_params, shardings) -> tuple[int, Any, dic
   checkpoints): parameters only, e.g. to start continued pretraining with a fresh optimizer whose
   state need not match the old one's structure. Corrupt steps are skipped loudly; any other
   failure raises."""
-  directory = pathlib.Path(directory).absolute()
+  directory = storage.path(directory)
   target = {"params": _abstract_with_shardings(abstract_params, shardings)}
   restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
   steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) \

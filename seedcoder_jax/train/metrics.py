@@ -2,7 +2,9 @@
 
 Only process 0 writes. `metrics.jsonl` gets one JSON object per logged step (DESIGN.md contract:
 at least step, loss, tokens_per_s, mfu); a resumed run appends to the same file, so a step may
-appear twice after a crash (the later line is the resumed run's). Throughput maths are pure
+appear twice after a crash (the later line is the resumed run's). The workdir may be gs:// (see
+seedcoder_jax/storage.py: metrics.jsonl is then rewritten every 30 s, on `flush` and on close;
+tensorboardX writes gs:// event files with google-cloud-storage). Throughput maths are pure
 functions below.
 """
 
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
+import os
 import sys
 from typing import Mapping, Optional
 
 import jax
+
+from seedcoder_jax import storage
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -36,8 +40,33 @@ def _jsonable(v):
 
 def read_metrics(workdir) -> list[dict]:
   """Every line of WORKDIR/metrics.jsonl (for tests and reports)."""
-  path = pathlib.Path(workdir) / METRICS_FILE
+  path = storage.path(workdir) / METRICS_FILE
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _summary_writer(logdir: str):
+  """tensorboardX's SummaryWriter; for gs:// its google-cloud-storage record writer, made
+  idempotent on close: tensorboardX closes it again from __del__ and atexit, and each close
+  re-uploads the whole event file (a 2-minute retry loop once the bucket is out of reach)."""
+  from tensorboardX import SummaryWriter, record_writer  # pylint: disable=g-import-not-at-top
+  if storage.is_remote(logdir) and not getattr(record_writer.REGISTERED_FACTORIES.get("gs"),
+                                               "idempotent", False):
+    class Writer(record_writer.GCSRecordWriter):
+      closed = False
+
+      def close(self):
+        if not self.closed:
+          self.closed = True
+          self.flush()
+
+    class Factory(record_writer.GCSRecordWriterFactory):
+      idempotent = True
+
+      def open(self, path):
+        return Writer(path)
+
+    record_writer.register_writer_factory("gs", Factory())
+  return SummaryWriter(logdir)
 
 
 # What a log line shows, when present (post-training adds its headline metrics).
@@ -54,11 +83,10 @@ class MetricWriter:
     self._file = self._tb = self._bar = None
     if not self.active:
       return
-    workdir = pathlib.Path(workdir)
+    workdir = storage.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    self._file = open(workdir / METRICS_FILE, "a", buffering=1)  # line-buffered: survives kill -9
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(str(workdir / "tensorboard"))
+    self._file = storage.AppendLog(workdir / METRICS_FILE)
+    self._tb = _summary_writer(os.fspath(workdir / "tensorboard"))
     if progress_bar is None:
       progress_bar = sys.stderr.isatty()
     if progress_bar:
@@ -81,6 +109,13 @@ class MetricWriter:
       shown = " ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
                        for k in ECHO_KEYS if k in row)
       print(f"step {step}: {shown}", flush=True)
+
+  def flush(self) -> None:
+    """Makes every line written so far durable (a gs:// metrics.jsonl is otherwise rewritten
+    every 30 s); the trainer calls it with each checkpoint."""
+    if self._file is not None:
+      self._file.flush()
+      self._tb.flush()
 
   def advance(self, step: int) -> None:
     if self._bar is not None:

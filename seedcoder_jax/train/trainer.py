@@ -23,7 +23,6 @@ import collections
 import dataclasses
 import json
 import os
-import pathlib
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -35,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from seedcoder_jax import model as model_lib
 from seedcoder_jax import perf
 from seedcoder_jax import sharding as sharding_lib
+from seedcoder_jax import storage
 from seedcoder_jax.model.config import ModelConfig
 from seedcoder_jax.train import checkpoint as ckpt_lib
 from seedcoder_jax.train import metrics as metrics_lib
@@ -184,10 +184,10 @@ def initial_params(cfg: PretrainConfig, mesh) -> tuple[Any, str]:
     return state.params, "random init"
   param_sh = sharding_lib.param_shardings(cfg.model, mesh)
   if kind == "workdir":
-    ckpt_dir = pathlib.Path(path) / CHECKPOINTS
+    ckpt_dir = storage.path(path) / CHECKPOINTS
     if not ckpt_dir.is_dir():
-      ckpt_dir = pathlib.Path(path)
-    stored = pathlib.Path(path) / "model_config.json"
+      ckpt_dir = storage.path(path)
+    stored = storage.path(path) / "model_config.json"
     if stored.exists():
       _check_same_shape(cfg.model, ModelConfig.from_dict(json.loads(stored.read_text()),
                                                          where=str(stored)), path)
@@ -232,7 +232,7 @@ class _SavedPosition:
     return self._state if isinstance(self._state, bytes) else json.dumps(self._state).encode()
 
 
-def _write_run_files(workdir: pathlib.Path, cfg: PretrainConfig, raw: Mapping) -> None:
+def _write_run_files(workdir, cfg: PretrainConfig, raw: Mapping) -> None:
   if jax.process_index() != 0:
     return
   (workdir / "model_config.json").write_text(json.dumps(cfg.model.to_dict(), indent=2) + "\n")
@@ -270,7 +270,7 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
   Post-training trainers call this with their own data source, objective (default: the
   next-token loss) and name (the log prefix); every metric the objective returns is logged.
   """
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = storage.path(workdir)  # a local path or gs://
   workdir.mkdir(parents=True, exist_ok=True)
   try:
     mesh = sharding_lib.make_mesh(dict(cfg.mesh))
@@ -344,6 +344,8 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
         row.update({k: v for k, v in m.items() if k not in row and k != "applied"})
       writer.write(step, row, echo=step % (cfg.log.every_steps * 10) == 0 or step == end)
       window.update(seconds=0.0, steps=0)
+    if ckpt.due(step):  # a resume starts after this step: its line is made durable (gs://)
+      writer.flush()
 
   def run_eval(step: int) -> None:
     metrics = evaluate_all(eval_fn, state.params, eval_batches, mesh)
