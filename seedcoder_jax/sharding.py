@@ -13,6 +13,7 @@ The mesh states its axis types (Auto) so jit's in/out-shardings recipe works on 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from typing import Mapping, Sequence
@@ -139,11 +140,63 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def _process_of(device) -> int:
+  return device.process_index
+
+
+def process_batch_blocks(mesh: Mesh, process_of=None) -> dict[int, list[int]]:
+  """{process: the batch blocks its devices hold}: the global batch cut into data*fsdp equal
+  blocks, block i on the devices at batch-sharding index i (all tensor-axis devices of it).
+  `process_of(device)` defaults to device.process_index (tests pass a simulated map)."""
+  process_of = process_of or _process_of
+  n = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  blocks: dict[int, set] = {}
+  for device, (rows,) in batch_sharding(mesh, 1).devices_indices_map((n,)).items():
+    blocks.setdefault(process_of(device), set()).update(range(*rows.indices(n)))
+  return {p: sorted(b) for p, b in sorted(blocks.items())}
+
+
+def data_shards(mesh: Mesh, process_of=None) -> dict[int, tuple[int, int]]:
+  """{process: (index, count)}: process p loads rows [index * B/count, (index+1) * B/count) of
+  each global batch of B rows, i.e. shard `index` of `count`, as the input pipeline's
+  (process_index, process_count) arguments. Processes whose devices differ only along the tensor
+  axis (which may cross hosts: fsdp:16,tensor:8 on v5p, 4 chips a host) share a shard and load
+  the same rows. Raises MeshError, the same on every process, when some process's devices hold
+  rows that are not one such block (e.g. blocks 0 and 2 of 4), or blocks of unequal sizes."""
+  n = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  out, bad = {}, []
+  for p, blocks in process_batch_blocks(mesh, process_of).items():
+    size = len(blocks)
+    if blocks != list(range(blocks[0], blocks[0] + size)) or blocks[0] % size or n % size:
+      bad.append(f"process {p} holds blocks {blocks}")
+    else:
+      out[p] = (blocks[0] // size, n // size)
+  counts = {c for _, c in out.values()}
+  if bad or len(counts) > 1:
+    shown = bad or [f"process {p} holds 1/{c} of the batch" for p, (_, c) in out.items()]
+    raise MeshError(
+        f"mesh {dict(mesh.shape)}: each process must hold one contiguous, equal share of the "
+        f"batch (the batch is cut into data*fsdp={n} blocks), but " + "; ".join(shown[:8])
+        + ". Order the devices so that each host's chips are adjacent along data/fsdp, or "
+        "change the mesh")
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def data_shard(mesh: Mesh) -> tuple[int, int]:
+  """This process's (index, count) of data_shards: what its input pipeline loads."""
+  return data_shards(mesh)[jax.process_index()]
+
+
 def place_batch(local_batch, mesh: Mesh):
-  """Builds global arrays from each process's local rows (multi-host safe)."""
+  """Builds global arrays from each process's rows: shard `index` of `count` (data_shard), the
+  same rows on the processes that share a shard (multi-host safe)."""
+  _, count = data_shard(mesh)
+
   def place(x):
     x = np.asarray(x)
-    return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x,
+                                                  (x.shape[0] * count, *x.shape[1:]))
   return jax.tree.map(place, local_batch)
 
 

@@ -226,3 +226,59 @@ def test_explicit_coordinator_passes_the_process_count_and_id(cluster_env):
   assert sh.detect_cluster() == "explicit"
   assert sh.maybe_initialize_distributed() is True
   assert calls == [{"num_processes": 2, "process_id": 1}]
+
+
+# --- per-process batch rows, with processes simulated by a device -> process map -------------------
+
+def _hosts(chips_per_host):
+  return lambda d: d.id // chips_per_host
+
+
+@pytest.mark.parametrize("shape, process_of, shards", [
+    # the batch axes alone span hosts: shard = process
+    ({"fsdp": -1}, _hosts(4), {0: (0, 2), 1: (1, 2)}),
+    ({"data": 2, "fsdp": 2, "tensor": 2}, _hosts(2), {p: (p, 4) for p in range(4)}),
+    # the tensor axis crosses hosts (fsdp:16,tensor:8 on v5p's 4-chip hosts, scaled down):
+    # the hosts of one tensor group share a shard and load the same rows
+    ({"fsdp": 2, "tensor": 4}, _hosts(2), {0: (0, 2), 1: (0, 2), 2: (1, 2), 3: (1, 2)}),
+    ({"tensor": 8}, _hosts(4), {0: (0, 1), 1: (0, 1)}),
+])
+def test_data_shards_follow_the_mesh_and_place_each_process_rows(shape, process_of, shards):
+  mesh = sh.make_mesh(shape)
+  assert sh.data_shards(mesh, process_of) == shards
+  # Each device takes its rows from its own process's local batch only (what
+  # make_array_from_process_local_data does on each host): the assembled array is the global batch.
+  b = 16
+  global_batch = np.arange(b * 3, dtype=np.int32).reshape(b, 3)
+  local = {p: np.split(global_batch, count)[index] for p, (index, count) in shards.items()}
+  sharding = sh.batch_sharding(mesh)
+  pieces = []
+  for device, (rows, _) in sharding.devices_indices_map(global_batch.shape).items():
+    index, count = shards[process_of(device)]
+    start = index * b // count
+    lo, hi, _ = rows.indices(b)
+    lo, hi = lo - start, hi - start
+    assert 0 <= lo < hi <= b // count, "a device holds rows outside its process's shard"
+    pieces.append(jax.device_put(local[process_of(device)][lo:hi], device))
+  placed = jax.make_array_from_single_device_arrays(global_batch.shape, sharding, pieces)
+  np.testing.assert_array_equal(np.asarray(placed), global_batch)
+
+
+def test_non_contiguous_process_rows_refused_by_name():
+  mesh = sh.make_mesh({"fsdp": 8})
+  with pytest.raises(sh.MeshError, match=r"process 0 holds blocks \[0, 2, 4, 6\]"):
+    sh.data_shards(mesh, lambda d: d.id % 2)
+
+
+def test_trainer_refuses_a_mesh_whose_process_rows_it_cannot_load(tmp_path, monkeypatch):
+  from seedcoder_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sh, "_process_of", lambda d: d.id % 2)  # two simulated hosts, interleaved
+  sh.data_shard.cache_clear()
+  cfg = {"model": {"preset": "tiny"}, "data": {"batch_size": 8, "seq_len": 16},
+         "opt": {"total_steps": 2, "warmup_steps": 1}, "mesh": {"fsdp": -1}}
+  try:
+    with pytest.raises(trainer.ConfigError, match="config.mesh=.*holds blocks"):
+      trainer.run(cfg, tmp_path, data=trainer.DataSource(train=None))
+  finally:
+    sh.data_shard.cache_clear()
+  assert not (tmp_path / "checkpoints").exists()

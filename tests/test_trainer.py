@@ -267,6 +267,40 @@ def test_two_process_distributed_run_checkpoints_and_resumes(tmp_path):
   assert sorted(losses_by_step(tmp_path)) == list(range(1, 9))
 
 
+@pytest.mark.slow
+def test_two_processes_sharing_rows_across_a_tensor_axis_match_one_process(tmp_path):
+  """2 processes x 2 CPU devices with mesh tensor:4: the tensor axis crosses the processes, so both
+  hold every batch row and load the same (whole) batch; the losses equal a 1-process run's."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  cfg = toy_config(opt={"total_steps": 4}, mesh={"fsdp": 1, "tensor": 4}, ckpt={"every_steps": 0})
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs.append(subprocess.Popen([sys.executable, str(TOY_TRAIN), str(tmp_path / "two"),
+                                   json.dumps(cfg)], env=env, start_new_session=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=600)[0])
+    finally:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+  for p, o in zip(procs, outs):
+    assert p.returncode == 0, o[-4000:]
+  one = toy_config(opt={"total_steps": 4}, mesh={"fsdp": 2, "tensor": 4}, ckpt={"every_steps": 0})
+  trainer.run(one, tmp_path / "one", data=toy_data.source(batch_size=B, seq_len=T, vocab_size=512))
+  two, ref = losses_by_step(tmp_path / "two"), losses_by_step(tmp_path / "one")
+  assert sorted(two) == [1, 2, 3, 4]
+  for step in ref:
+    assert math.isclose(two[step], ref[step], rel_tol=1e-4), (step, two, ref)
+
+
 def test_missing_corpus_or_tokenizer_refused_before_compiling(tmp_path, monkeypatch):
   from seedcoder_jax import tokenizer
   monkeypatch.setattr(trainer, "jit_guarded_step", lambda *a, **k: pytest.fail("compiled"))

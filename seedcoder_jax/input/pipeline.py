@@ -9,10 +9,12 @@
   it.set_state(state)       # ... and restore it into a fresh make_iterator(cfg, ...) to resume
   eval_batches = make_eval_batches(cfg, num_batches=8)  # a fixed held-out list
 
-B = global_batch_size / process_count (this process's rows), T = seq_len. Batch format as in
-seedcoder_jax.train.step: `targets` are next tokens within the same packed document, `segment_ids`
-number documents from 1 per row (0 = padding), `positions` restart at 0 per document, `weights` is
-1.0 where the loss counts.
+B = global_batch_size / process_count (this process's rows), T = seq_len. process_index and
+process_count name a data shard: the trainer passes sharding.data_shard(mesh), which is the
+process's own index and count unless the tensor axis crosses hosts (then hosts share a shard).
+Batch format as in seedcoder_jax.train.step: `targets` are next tokens within the same packed
+document, `segment_ids` number documents from 1 per row (0 = padding), `positions` restart at 0 per
+document, `weights` is 1.0 where the loss counts.
 
 Per source (corpus directory), in order:
 1. score threshold: the `score_drop_fraction` lowest-scored records of the corpus are dropped

@@ -51,9 +51,11 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class DataSource:
-  """Where batches come from. `train(process_index, process_count)` returns a Grain iterator
+  """Where batches come from. `train(shard_index, shard_count)` returns a Grain iterator
   (get_state/set_state) of this process's rows of each global batch, as numpy dicts with
-  step.BATCH_KEYS; `eval(process_index, process_count)` returns a list of such held-out batches."""
+  step.BATCH_KEYS; `eval(shard_index, shard_count)` returns a list of such held-out batches.
+  The shard is sharding.data_shard(mesh): the process index and count when the batch axes alone
+  span the hosts; processes that differ only along the tensor axis get the same shard."""
 
   train: Callable[[int, int], Iterator[dict]]
   eval: Optional[Callable[[int, int], list]] = None
@@ -257,8 +259,13 @@ def validate(cfg: PretrainConfig, mesh, rows_per_example: int = 1) -> None:
         f"config.data.batch_size={cfg.batch_size} with config.opt.grad_accum_steps="
         f"{cfg.grad_accum_steps}{unit} gives microbatches of {rows / cfg.grad_accum_steps:g} "
         f"rows, which data*fsdp={n} devices (config.mesh={dict(mesh.shape)}) must divide")
-  if cfg.batch_size % jax.process_count():
-    raise ConfigError(f"config.data.batch_size={cfg.batch_size} is not divisible by the "
+  try:
+    _, shards = sharding_lib.data_shard(mesh)
+  except sharding_lib.MeshError as e:
+    raise ConfigError(f"config.mesh={dict(cfg.mesh)} on {jax.process_count()} processes: {e}") from e
+  if cfg.batch_size % shards:
+    raise ConfigError(f"config.data.batch_size={cfg.batch_size} is not divisible by the {shards} "
+                      f"data shards that config.mesh={dict(mesh.shape)} cuts it into over "
                       f"{jax.process_count()} processes")
 
 
@@ -280,7 +287,8 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
   if data is None:
     prepare_missing_data(cfg)
     data = input_data_source(cfg)
-  pi, pc = jax.process_index(), jax.process_count()
+  # This process's rows: shard pi of pc (processes that differ only along the tensor axis share one).
+  pi, pc = sharding_lib.data_shard(mesh)
   iterator = data.train(pi, pc)  # a missing corpus fails here, before any compilation
   eval_batches = data.eval(pi, pc) if data.eval is not None else None
 
@@ -299,7 +307,7 @@ def train(cfg: PretrainConfig, workdir, *, data: Optional[DataSource] = None,
   _write_run_files(workdir, cfg, raw_config or {})
   end = cfg.opt.total_steps if not cfg.stop_after_steps else min(cfg.stop_after_steps,
                                                                  cfg.opt.total_steps)
-  if pi == 0:
+  if jax.process_index() == 0:
     print(f"[{name}] {cfg.model.n_params / 1e6:.2f}M parameters, mesh {dict(mesh.shape)}, "
           f"batch {cfg.batch_size}x{cfg.seq_len}, steps {start}->{end}; state from {source}",
           flush=True)
