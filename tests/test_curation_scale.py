@@ -3,13 +3,16 @@ shared memory) gives the in-process runner's outputs, and the driver's own steps
 (their peak memory stays flat while the input grows 10x). Both slow (Beam stage start-up)."""
 
 import json
+import os
 import pathlib
 import random
+import shutil
 import sys
 import tracemalloc
 
-import numpy as np
 import pytest
+from apache_beam.io.filesystem import (CompressedFile, CompressionTypes, FileMetadata,
+                                       FileSystem)
 
 from seedcoder_jax.curation import output as output_lib
 from seedcoder_jax.curation import pipeline
@@ -27,7 +30,7 @@ FAST = {"dedup.near.cluster_rounds": 2, "dedup.repo.cluster_rounds": 2,
 def _outputs(workdir: pathlib.Path) -> dict:
   stats = json.loads((workdir / "stats.json").read_text())
   for o in stats["outputs"].values():  # the only field naming the workdir
-    o["path"] = pathlib.Path(o["path"]).relative_to(workdir).as_posix()
+    o["path"] = o["path"].rsplit("/", 1)[1]
   out = {"stats": stats,
          "decontamination": (workdir / "decontamination.jsonl").read_text()}
   for name in ("corpus", "repo_corpus"):
@@ -39,17 +42,123 @@ def _outputs(workdir: pathlib.Path) -> dict:
   return out
 
 
+@pytest.fixture(scope="module")
+def in_process(inputs, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("inproc")
+  pipeline.run(_config(**FAST), str(workdir), inputs=inputs)
+  return _outputs(workdir)
+
+
 @pytest.mark.slow
-def test_multi_process_runner_gives_the_in_process_outputs(inputs, tmp_path):
-  c = _config(**FAST)
-  pipeline.run(c, str(tmp_path / "inproc"), inputs=inputs)
-  pipeline.run(c, str(tmp_path / "multi"), inputs=inputs,
+def test_multi_process_runner_gives_the_in_process_outputs(inputs, in_process, tmp_path):
+  pipeline.run(_config(**FAST), str(tmp_path / "multi"), inputs=inputs,
                beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-  a, b = _outputs(tmp_path / "inproc"), _outputs(tmp_path / "multi")
+  a, b = in_process, _outputs(tmp_path / "multi")
   assert a["stats"]["rejected"]["dedup/near_duplicate"] == 1  # the run has something to agree on
   assert a["stats"]["decontamination_matches"] == 1
   for key in a:
     assert a[key] == b[key], key
+
+
+class _BucketFS(FileSystem):
+  """A gs://-like filesystem for the test ("bucket://..."): no directories, prefix listing,
+  files kept under ROOT. Nothing in the pipeline may reach them by a local path."""
+  ROOT = None
+
+  @classmethod
+  def scheme(cls):
+    return "bucket"
+
+  def _local(self, path):
+    assert path.startswith("bucket://"), path
+    return os.path.join(self.ROOT, path[len("bucket://"):])
+
+  def join(self, base, *paths):
+    return "/".join([base.rstrip("/")] + [p.strip("/") for p in paths])
+
+  def split(self, path):
+    head, tail = path.rstrip("/").rsplit("/", 1)
+    return head, tail
+
+  def has_dirs(self):
+    return False
+
+  def mkdirs(self, path):
+    pass
+
+  def _list(self, prefix):
+    for dirpath, _, files in os.walk(self.ROOT):
+      for f in files:
+        local = os.path.join(dirpath, f)
+        remote = "bucket://" + os.path.relpath(local, self.ROOT)
+        if remote.startswith(prefix):
+          yield FileMetadata(remote, os.path.getsize(local), os.path.getmtime(local))
+
+  def _open(self, path, mode, compression_type):
+    if "w" in mode:
+      os.makedirs(os.path.dirname(self._local(path)), exist_ok=True)
+    raw = open(self._local(path), mode)
+    ctype = FileSystem._get_compression_type(path, compression_type)
+    return raw if ctype == CompressionTypes.UNCOMPRESSED else CompressedFile(raw, ctype)
+
+  def create(self, path, mime_type="application/octet-stream",
+             compression_type=CompressionTypes.AUTO):
+    return self._open(path, "wb", compression_type)
+
+  def open(self, path, mime_type="application/octet-stream",
+           compression_type=CompressionTypes.AUTO):
+    return self._open(path, "rb", compression_type)
+
+  def copy(self, sources, destinations):
+    for a, b in zip(sources, destinations):
+      os.makedirs(os.path.dirname(self._local(b)), exist_ok=True)
+      shutil.copyfile(self._local(a), self._local(b))
+
+  def rename(self, sources, destinations):
+    for a, b in zip(sources, destinations):
+      os.makedirs(os.path.dirname(self._local(b)), exist_ok=True)
+      os.replace(self._local(a), self._local(b))
+
+  def exists(self, path):
+    return os.path.isfile(self._local(path))  # a prefix is no object
+
+  def size(self, path):
+    return os.path.getsize(self._local(path))
+
+  def last_updated(self, path):
+    return os.path.getmtime(self._local(path))
+
+  def checksum(self, path):
+    return str(self.size(path))
+
+  def metadata(self, path):
+    return FileMetadata(path, self.size(path), self.last_updated(path))
+
+  def delete(self, paths):
+    for p in paths:
+      os.remove(self._local(p))
+
+  def report_lineage(self, path, lineage, level=None):
+    pass
+
+
+@pytest.mark.slow
+def test_workdir_on_a_bucket_filesystem(inputs, in_process, tmp_path, monkeypatch):
+  """DIR as a URL of a directory-less filesystem (as gs://) gives the local run's outputs: every
+  pass, artifact, corpus shard and the report go through Beam's FileSystems."""
+  monkeypatch.setattr(_BucketFS, "ROOT", str(tmp_path / "bucket"))
+  monkeypatch.chdir(tmp_path)  # a pathlib use of the URL would make ./bucket:/data/cur here
+  stats = pipeline.run(_config(**{**FAST, "output.report": True}), "bucket://data/cur",
+                       inputs=inputs)
+  root = tmp_path / "bucket" / "data" / "cur"
+  assert {"report.html", "score_histogram.png", "config.json"} <= {p.name for p in root.iterdir()}
+  got = _outputs(root)
+  assert got["stats"] == stats | {"outputs": got["stats"]["outputs"]}
+  for key in in_process:
+    assert got[key] == in_process[key], key
+  assert pipeline.run(_config(**{**FAST, "output.report": True}), "bucket://data/cur",
+                      inputs=inputs) == stats  # resumes: every DONE found through FileSystems
+  assert not (tmp_path / "bucket:").exists()
 
 
 def _synthetic_repos(root: pathlib.Path, n_files: int, seed: int = 0) -> list[str]:
