@@ -402,7 +402,7 @@ def test_geval_on_smollm2_matches_the_decoders_logits():
   import jax
   from seedcoder_jax import model as model_lib
   from seedcoder_jax.input import source_files
-  cfg = oracle.OracleConfig(batch_size=2, max_code_chars=300, max_prompt_tokens=256,
+  cfg = oracle.OracleConfig(batch_size=2, max_code_chars=300, max_prompt_tokens=384,
                             geval_min_digit_mass=0.0)
   backend = oracle_backends.GEvalBackend(cfg)
   mcfg, params, tok, _ = oracle_backends.load_local_model(cfg.model)
