@@ -36,6 +36,8 @@ _CORPUS = flags.DEFINE_string("corpus", None, "corpus directory (default: stdlib
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer spec (default: spm trained in cache)")
 _CACHE = flags.DEFINE_string("cache_dir", "/tmp/seedcoder_bench", "where default inputs are built")
 _REPO = flags.DEFINE_bool("repo_level", False, "repository-level documents")
+_FIM_LEVEL = flags.DEFINE_enum("fim_level", "context", ["context", "document"],
+                               "FIM per row-sized window or per document (input/fim.py)")
 _BATCHES = flags.DEFINE_integer("batches", 200, "timed batches")
 _WARMUP = flags.DEFINE_integer("warmup", 10, "untimed batches first (worker start, caches)")
 
@@ -65,7 +67,7 @@ def main(argv):
     corpus_dir, tok_spec = corpus_dir or default_corpus, tok_spec or default_tok
   cfg = InputConfig(corpora=(corpus_dir,), tokenizer=tok_spec, seq_len=seq_len,
                     global_batch_size=batch_size, score_drop_fraction=0.1, fim_rate=0.5,
-                    fim_spm_fraction=1.0, repo_level=_REPO.value, num_workers=_WORKERS.value,
+                    fim_spm_fraction=1.0, fim_level=_FIM_LEVEL.value, repo_level=_REPO.value, num_workers=_WORKERS.value,
                     read_threads=_THREADS.value)
   it = make_iterator(cfg)
   for _ in range(_WARMUP.value):
