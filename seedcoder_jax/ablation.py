@@ -192,13 +192,13 @@ def run_arm(ablation: dict, workdir: pathlib.Path, arm: str, seed: int) -> Optio
     d.mkdir(parents=True, exist_ok=True)
     _link(d, ablation.get("shared", []), pathlib.Path("..", "..", "shared"))
   _link(directory, per_arm, pathlib.Path("..", "common"))
-  (directory / "options.json").write_text(
-      json.dumps(arm_options(ablation, arm, seed), indent=2, default=str) + "\n")
+  options = arm_options(ablation, arm, seed)
+  (directory / "options.json").write_text(json.dumps(options, indent=2, default=str) + "\n")
   (directory / FAILED).unlink(missing_ok=True)
   try:
     if per_arm:
-      recipe.run(per_arm, arm_options(ablation, arm, seed), common)
-    recipe.run(list(ablation["stages"]), arm_options(ablation, arm, seed), directory)
+      recipe.run(per_arm, options, common)
+    recipe.run(list(ablation["stages"]), options, directory)
   except Exception as e:  # an arm that fails is reported, not dropped; the others still run
     (directory / FAILED).write_text(traceback.format_exc())
     print(f"[ablate] arm {arm} seed {seed} FAILED: {type(e).__name__}: {e}")
