@@ -22,6 +22,8 @@ DONE = "DONE.json"
 TRAINING = ("pretrain", "pretrain_phase2", "sft", "dpo", "rl")
 _SKIP = {"seconds", "outputs", "new_tokens", "prompt", "continuation", "eval", "source", "hf_dir",
          "machine"}
+# Stages whose summaries open with configuration: the measured figures to show first.
+_FIRST = {"model_bench": ("tokens_per_s", "mfu", "batch_size", "seq_len", "peak_source")}
 
 
 def _done(workdir: pathlib.Path, stage: str) -> Optional[dict]:
@@ -29,10 +31,14 @@ def _done(workdir: pathlib.Path, stage: str) -> Optional[dict]:
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def _numbers(summary: dict, where: str = "", limit: int = 8) -> list[tuple[str, str]]:
-  """The summary's scalar entries (nested ones dotted), numbers rounded, at most `limit`."""
+def _numbers(summary: dict, where: str = "", limit: int = 8,
+             first: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+  """The summary's scalar entries (nested ones dotted), numbers rounded, at most `limit`; the
+  top-level keys in `first` lead, in that order."""
   out = []
-  for key, value in summary.items():
+  ordered = [k for k in first if k in summary] + [k for k in summary if k not in first]
+  for key in ordered:
+    value = summary[key]
     if key in _SKIP:
       continue
     path = f"{where}{key}"
@@ -102,7 +108,7 @@ def write(workdir, stages: list[str]) -> tuple[pathlib.Path, pathlib.Path]:
   for s in stages:
     d = _done(workdir, s)
     status = "done" if d else ("started, unfinished" if (workdir / s).exists() else "not run")
-    numbers = ", ".join(f"{k} {v}" for k, v in _numbers(d)) if d else ""
+    numbers = ", ".join(f"{k} {v}" for k, v in _numbers(d, first=_FIRST.get(s, ()))) if d else ""
     stage_rows.append((s, status, f"{d['seconds']:.0f}" if d and "seconds" in d else "—", numbers))
   chain = _chain(workdir)
   curves = _curves(workdir, stages)

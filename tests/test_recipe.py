@@ -52,3 +52,20 @@ def test_report_shows_every_stage_the_chain_and_the_curves(tmp_path):
   assert "4 of 6 stages done" in text
   assert (tmp_path / "report_curves.png").stat().st_size > 1000
   assert "<td>after DPO</td>" in page.read_text()
+
+
+def test_report_key_numbers_lead_with_what_the_stage_measured(tmp_path):
+  from seedcoder_jax import recipe_report
+
+  # model_bench's summary opens with the model's shape; the row must show the measurement.
+  shape = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
+           "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 16}
+  summary = {**shape, "batch_size": 8, "seq_len": 256, "tokens_per_s": 2803.6, "mfu": 0.2293,
+             "peak_source": "measured 2048x2048 float32 matmul", "machine": {"platform": "cpu"},
+             "seconds": 36.6}
+  (tmp_path / "model_bench").mkdir()
+  (tmp_path / "model_bench" / recipe.DONE).write_text(json.dumps(summary))
+  md, _ = recipe_report.write(tmp_path, ["model_bench"])
+  assert ("| model_bench | done | 37 | tokens_per_s 2804, mfu 0.2293, batch_size 8, seq_len 256, "
+          "peak_source measured 2048x2048 float32 matmul, vocab_size 512, hidden_size 128, "
+          "intermediate_size 384 |") in md.read_text()
