@@ -52,6 +52,9 @@ def _minhash(threshold: float, num_perm: int, bands: int, rows: int) -> ml_colle
       ngram=5,  # shingle length (words or characters)
       seed=1,  # hash permutations
       max_bucket=1000,  # larger LSH buckets: compare with the smallest id only
+      # Beam: large-star/small-star rounds that resolve duplicate clusters (stars and cliques take
+      # 1, a chain of n pairs ~log2(n)); a graph that needs more stops the run naming this key.
+      cluster_rounds=8,
   ))
 
 
@@ -114,9 +117,14 @@ def base() -> ml_collections.ConfigDict:
   c.commits = ml_collections.ConfigDict(dict(enabled=False, repos=(), max_commits=200))
 
   # Stage 8: code-related web pages (seedcoder_jax.curation.web.WebConfig); inputs empty = the
-  # HTML documentation shipped in the pygame wheel.
-  c.web = ml_collections.ConfigDict(dict(enabled=False, inputs=(), min_chars=200,
-                                         use_classifier=True, classifier_threshold=0.5))
+  # HTML documentation shipped in the pygame wheel. Kept pages are deduplicated among themselves
+  # (dedup.exact / dedup.near settings) and rated like the files (the scorer, or the heuristic
+  # when it is off) against a per-category threshold: threshold_kind "score" = a minimum 0-10
+  # rating (the paper's), "percentile" = drop each category's bottom p % of pages.
+  c.web = ml_collections.ConfigDict(dict(
+      enabled=False, inputs=(), min_chars=200, use_classifier=True, classifier_threshold=0.5,
+      threshold_kind="score",
+      thresholds=dict(qa=5.0, tutorial=4.0, documentation=4.0, other=6.0)))
 
   # Stage 9: n-gram overlap with every benchmark eval/run.py scores (MultiPL-E's data comes from
   # `make eval-data`).
@@ -141,6 +149,10 @@ def tiny() -> ml_collections.ConfigDict:
   c.commits.enabled = True  # the project's own history (commits.repos empty = this checkout)
   c.commits.max_commits = 40
   c.web.enabled = True  # pygame's HTML docs (~80 pages)
+  # A 135M oracle's ratings (and the scorer trained on them) sit near 3/10 whatever the page: an
+  # absolute threshold would keep all or nothing, so drop each category's bottom share instead.
+  c.web.threshold_kind = "percentile"
+  c.web.thresholds = dict(qa=10.0, tutorial=10.0, documentation=10.0, other=20.0)
   # Oracle (G-Eval with the packaged SmolLM2) on a 32-file sample, a 2-layer scorer on its labels.
   c.oracle.enabled = True
   c.oracle.sample_size = 32

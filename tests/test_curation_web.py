@@ -1,6 +1,7 @@
 """Stage 8, web pages: extraction, WARC reading with bad records, recall, categories, rating."""
 
 import io
+import json
 import pathlib
 
 import apache_beam as beam
@@ -258,3 +259,121 @@ def test_hard_negatives_matter(classifier):
   p_with = web_classifier.precision_recall(classifier.predict_proba(pos + neg), labels_real, 0.5)
   p_without = web_classifier.precision_recall(soft.predict_proba(pos + neg), labels_real, 0.5)
   assert p_with[0] >= 0.95 and p_without[0] < 0.8, (p_with, p_without)
+
+
+# ----------------------------------------------------------------------------- in the pipeline
+
+
+def _tutorial(topic: str, extra: str = "") -> str:
+  """A real-looking tutorial page: short prose lines and a code block (heuristic score high)."""
+  steps = "\n".join(f"<p>Step {i}: we {verb} the {topic} list and print it again.</p>"
+                    for i, verb in enumerate(("build", "sort", "filter", "reverse", "join",
+                                              "split", "count", "group", "merge", "copy")))
+  code = "\n".join(f"    total_{i} = sum(x * {i} for x in {topic}_items)" for i in range(12))
+  return (f"<html><head><title>Working with {topic} lists</title></head><body>"
+          f"<h1>Working with {topic} lists</h1>\n{steps}\n<p>{extra}</p>\n"
+          f"<pre>def summarise({topic}_items):\n{code}\n    return total_0\n</pre></body></html>")
+
+
+JUNK_PAGE = ("<html><head><title>dump</title></head><body><pre>"
+             + "\n".join(",".join(str(i * j % 97) for j in range(60)) for i in range(12))
+             + "</pre></body></html>")
+
+
+@pytest.mark.slow
+def test_pipeline_dedups_and_rates_web_pages(tmp_path):
+  """In the curation pipeline, web pages are deduplicated (exact, near) and rated against their
+  category's threshold; every page is counted in stats.json under its reason."""
+  import importlib.util
+  from seedcoder_jax.curation import pipeline
+  from seedcoder_jax.input import corpus as corpus_lib
+  spec = importlib.util.spec_from_file_location(
+      "curation_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "curation.py")
+  configs = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(configs)
+  pages = tmp_path / "pages"
+  (pages / "tut").mkdir(parents=True)
+  good = _tutorial("fruit")
+  (pages / "tut" / "fruit.html").write_text(good)
+  (pages / "tut" / "fruit_mirror.html").write_text(good)  # exact duplicate
+  (pages / "tut" / "fruit_v2.html").write_text(good.replace("Step 9: we copy", "Step 9: we clone"))
+  (pages / "tut" / "veg.html").write_text(_tutorial("vegetable", "Vegetables are grown."))
+  (pages / "dump.html").write_text(JUNK_PAGE)  # category "other", heuristic score ~0
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  (repo / "a.py").write_text("def f(x):\n  return x + 1\n" * 3)
+  c = configs.base()
+  c.web.enabled = True
+  c.web.inputs = (str(pages),)
+  c.web.use_classifier = False
+  c.dedup.near.threshold = 0.7
+  c.decontam.enabled = False
+  c.repo.enabled = False
+  c.output.report = False
+  stats = pipeline.run(c, str(tmp_path / "cur"), inputs=[str(repo)])
+  assert stats["input_by_source"]["web"] == 5, stats
+  rej = stats["rejected"]
+  assert rej["web/exact_duplicate"] == 1 and rej["web/near_duplicate"] == 1, rej
+  assert rej["web/below_threshold"] == 1, rej
+  assert stats["input"] == stats["kept"] + sum(rej.values())
+  corpus = corpus_lib.open_corpus(tmp_path / "cur" / "corpus")
+  web_paths = sorted(corpus.source[i]["path"] for i in range(len(corpus))
+                     if corpus.source[i]["kind"] == "web")
+  assert len(web_paths) == 2 and "pages/dump.html" not in web_paths, web_paths
+  assert "pages/tut/veg.html" in web_paths
+  reasons = [json.loads(l) for f in sorted((tmp_path / "cur" / "stages" / "score").glob("rejected*"))
+             for l in f.read_text().splitlines()]
+  low = [r for r in reasons if r["stage"] == "web"]
+  assert [r["id"] for r in low] == ["web:pages/dump.html#0"], low
+  assert "other: heuristic" in low[0]["detail"] and "< threshold 6.000" in low[0]["detail"]
+
+
+def _scored(i: int, category: str, score: float) -> dict:
+  return {"id": f"web:p{i}#0", "kind": "web", "category": category, "score": score,
+          "score_source": "scorer", "text": "x"}
+
+
+def test_judge_scored_thresholds():
+  cfg = WebConfig()  # score thresholds: qa 5, tutorial 4, documentation 4, other 6
+  assert web.judge_scored(_scored(0, "qa", 5.0), cfg)["id"] == "web:p0#0"
+  r = web.judge_scored(_scored(1, "qa", 4.99), cfg)
+  assert (r["stage"], r["reason"]) == ("web", "below_threshold") and "qa: scorer 4.990" in r["detail"]
+  assert "stage" not in web.judge_scored(_scored(2, "tutorial", 4.5), cfg)
+  assert "stage" in web.judge_scored(_scored(3, "other", 5.5), cfg)
+  with pytest.raises(ValueError, match="threshold_kind"):
+    WebConfig(threshold_kind="quantile")
+  with pytest.raises(ValueError, match="percentile threshold must be in"):
+    WebConfig(threshold_kind="percentile", thresholds={**dict(WebConfig().thresholds), "qa": 100.0})
+  with pytest.raises(ValueError, match="score threshold must be in"):
+    WebConfig(thresholds={**dict(WebConfig().thresholds), "qa": 11.0})
+  with pytest.raises(ValueError, match="threshold_kind='score'"):
+    web.filter_rated([_scored(0, "qa", 5.0)], [5.0], WebConfig(threshold_kind="percentile"))
+
+
+def test_rate_scored_pages_percentile_per_category():
+  """threshold_kind "percentile": each category loses its own bottom share (Beam's approximate
+  quantiles: the cut is the score at that rank, pages strictly below it go)."""
+  cfg = WebConfig(threshold_kind="percentile", thresholds=(
+      ("qa", 0.0), ("tutorial", 20.0), ("documentation", 50.0), ("other", 10.0)))
+  pages = ([_scored(i, "tutorial", float(i)) for i in range(100)]
+           + [_scored(1000 + i, "documentation", 5.0 + i / 10) for i in range(4)]
+           + [_scored(2000 + i, "qa", 0.5 + i) for i in range(3)])
+
+  def by_category(rs):
+    out = {}
+    for r in rs:
+      n = int(r["id"][5:-2])
+      out.setdefault("tutorial" if n < 1000 else "documentation" if n < 2000 else "qa", []).append(n)
+    return {k: (len(v), max(v)) for k, v in sorted(out.items())}
+
+  with beam.Pipeline("FnApiRunner") as p:
+    out = p | beam.Create(pages) | web.RateScoredPages(cfg)
+    rejected = out["rejected"] | beam.combiners.ToList() | beam.Map(by_category)
+    # tutorial: scores 0..99, p20 -> the 19 or 20 lowest; documentation: 5.0..5.3, p50 -> 1 or 2.
+    assert_that(rejected, lambda got: None if (
+        len(got) == 1 and set(got[0]) == {"tutorial", "documentation"}
+        and got[0]["tutorial"] in ((19, 18), (20, 19))
+        and got[0]["documentation"] in ((1, 1000), (2, 1001))) else pytest.fail(str(got)),
+        label="rejected")
+    assert_that(out["rejected"] | beam.Map(lambda r: (r["stage"], r["reason"])) | beam.Distinct(),
+                equal_to([("web", "below_threshold")]), label="reason")

@@ -53,11 +53,11 @@ def repo_signature(hashes, cfg: minhash.MinHashConfig):
   return minhash.signature_of_set({h.encode() for h in hashes}, cfg)
 
 
-def split_exact(group: list[dict]):
+def split_exact(group: list[dict], stage: str = STAGE):
   """Records of one hash -> (kept record, rejections naming it)."""
   group = sorted(group, key=lambda r: r["id"])
   kept = group[0]
-  return kept, [records.reject(r, STAGE, "exact_duplicate", kept["id"]) for r in group[1:]]
+  return kept, [records.reject(r, stage, "exact_duplicate", kept["id"]) for r in group[1:]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def _near_dup_map(pcoll_items, cfg: minhash.MinHashConfig, label: str):
   return _cluster_labels(pairs, cfg, f"{label}Clusters")
 
 
-def _split_joined(reason: str, detail):
+def _split_joined(reason: str, detail, stage: str = STAGE):
   """A CoGroupByKey of records and their (at most one) kept id -> records and rejections."""
   import apache_beam as beam
 
@@ -201,14 +201,18 @@ def _split_joined(reason: str, detail):
     for r in g["records"]:
       if kept:
         yield beam.pvalue.TaggedOutput(records.REJECTED,
-                                       records.reject(r, STAGE, reason, detail(kept[0])))
+                                       records.reject(r, stage, reason, detail(kept[0])))
       else:
         yield r
   return split
 
 
-def dedup_transform(cfg: DedupConfig):
-  """Beam PTransform: records -> kept (main, with sha256) and rejections (tag REJECTED)."""
+def dedup_transform(cfg: DedupConfig, stage: str = STAGE):
+  """Beam PTransform: records -> kept (main, with sha256) and rejections (tag REJECTED).
+
+  `stage` names the rejections' stage ("dedup" for files; the web pages' own dedup passes "web",
+  so that stats.json tells their duplicates apart). Repository-level dedup needs a `repo` field:
+  switch it off (cfg.repo=False) for records without repositories."""
   import apache_beam as beam
 
   class _Dedup(beam.PTransform):
@@ -226,13 +230,13 @@ def dedup_transform(cfg: DedupConfig):
         out = ({"records": recs | "ByRepo" >> beam.Map(lambda r: (r["repo"], r)),
                 "kept": dup_repos} | "JoinRepos" >> beam.CoGroupByKey()
                | "DropRepos" >> beam.FlatMap(_split_joined(
-                   "near_duplicate_repo", lambda kept: f"repo:{kept}"))
+                   "near_duplicate_repo", lambda kept: f"repo:{kept}", stage))
                .with_outputs(records.REJECTED, main="kept"))
         recs = out.kept
         rejections.append(out[records.REJECTED])
       if cfg.exact:
         def split_group(_, group):
-          kept, rej = split_exact(list(group))
+          kept, rej = split_exact(list(group), stage)
           yield kept
           for r in rej:
             yield records.tagged_rejection(r)
@@ -250,7 +254,7 @@ def dedup_transform(cfg: DedupConfig):
         out = ({"records": recs | "ById" >> beam.Map(lambda r: (r["id"], r)),
                 "kept": dups} | "JoinNear" >> beam.CoGroupByKey()
                | "DropNear" >> beam.FlatMap(_split_joined(
-                   "near_duplicate", lambda kept: kept))
+                   "near_duplicate", lambda kept: kept, stage))
                .with_outputs(records.REJECTED, main="kept"))
         recs = out.kept
         rejections.append(out[records.REJECTED])

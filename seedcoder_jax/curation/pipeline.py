@@ -4,11 +4,13 @@
 
 Passes (configs/curation.py describes the config groups):
 
-  filter  (Beam)   ingest -> syntax -> dedup (repo, exact, near); commits and web records join;
+  filter  (Beam)   ingest -> syntax -> dedup (repo, exact, near); commits and web records join
+                   (web pages deduplicated among themselves, exact and near);
                    the oracle's sample drawn (a Beam combiner)
   scorer  (driver) the oracle labels the sample and the quality scorer trains on it
   score   (Beam)   score every record, drop the bottom scorer.drop_percentile % of files (Beam's
-                   approximate quantiles), decontaminate, build repository-level records
+                   approximate quantiles) and the web pages under their category's threshold
+                   (web.thresholds), decontaminate, build repository-level records
   output  (Beam)   DIR/corpus (files + web pages), DIR/commit_corpus, DIR/repo_corpus through the
                    corpus sink (curation.corpus_sink), DIR/decontamination.jsonl, the counts
           (driver) DIR/stats.json and DIR/report.html from those counts
@@ -312,8 +314,15 @@ def _filter_pass(p, plan: Plan, stage_dir: str) -> None:
     out = p | name.capitalize() >> transform
     both = (out["kept"], out[records.REJECTED]) | f"{name}All" >> beam.Flatten()
     counts.append(_count(both, f"Input{name}", lambda _, n=name: f"input/{n}"))
-    kept.append(out["kept"])
     rejected.append(out[records.REJECTED])
+    if name == "web" and plan.dedup is not None and (plan.dedup.exact or plan.dedup.near):
+      # Web pages are deduplicated among themselves (exact, then near, with the files' MinHash
+      # settings); their duplicates count as web/exact_duplicate and web/near_duplicate.
+      web_dedup = dedup.DedupConfig(exact=plan.dedup.exact, near=plan.dedup.near, repo=False,
+                                    near_cfg=plan.dedup.near_cfg)
+      out = out["kept"] | "WebDedup" >> dedup.dedup_transform(web_dedup, stage="web")
+      rejected.append(out[records.REJECTED])
+    kept.append(out["kept"])
   kept = tuple(kept) | "Kept" >> beam.Flatten()
   rejected = tuple(rejected) | "Rejected" >> beam.Flatten()
   counts.append(_count(kept, "KeptKind", lambda r: f"kept/{r['kind']}"))
@@ -412,8 +421,8 @@ def _score_pass(p, plan: Plan, workdir: str, scoring: dict, index: dict | None) 
         lambda r: {**r, "score": float(source_files.heuristic_score(r["text"])),
                    "score_source": "heuristic"})
   if plan.drop_percentile > 0:
-    # The paper's filter drops the bottom of the *files*; commits and web pages (rated by their
-    # own stage) are scored but not dropped here.
+    # The paper's filter drops the bottom of the *files*; commits are scored but not dropped,
+    # web pages meet their per-category thresholds below.
     q = int(round(plan.drop_percentile * 10))
     threshold = (scored | "FileScores" >> beam.FlatMap(
                      lambda r: [r["score"]] if r["kind"] == "file" else [])
@@ -433,6 +442,16 @@ def _score_pass(p, plan: Plan, workdir: str, scoring: dict, index: dict | None) 
     rejected.append(out[records.REJECTED])
     counts.append(threshold | "ThresholdKey" >> beam.FlatMap(
         lambda t: [("stage/scorer/threshold_x1000", int(round(t * 1000)))] if t > -1 else []))
+  if plan.web is not None:
+    # Web pages: the same rating as the files (scorer or heuristic, 0-10) against the
+    # per-category thresholds (web.threshold_kind: minimum scores, or per-category percentiles).
+    from seedcoder_jax.curation import web as web_lib
+    split = scored | "WebOrNot" >> beam.Map(
+        lambda r: beam.pvalue.TaggedOutput("web", r) if r["kind"] == "web" else r
+    ).with_outputs("web", main="other")
+    out = split.web | "WebRate" >> web_lib.RateScoredPages(plan.web)
+    scored = (split.other, out["kept"]) | "WithWeb" >> beam.Flatten()
+    rejected.append(out["rejected"])
   if plan.decontam is not None:
     out = scored | "Decontam" >> decontam.decontam_transform(plan.decontam, index)
     scored = out["kept"]

@@ -19,9 +19,21 @@ rejection of stage "web":
   (at least one `<pre>` or `min_code_tags` `<code>` elements) or the fastText-style classifier
   (web_classifier.py, trained on data/web_seeds/ with hard negatives) at >= `classifier_threshold`.
   The record's `recall` field says which ("rule", "classifier", or "rule+classifier");
-- "below_threshold": the LLM rating (0-10, from `rate(texts) -> scores`, helper F's oracle) is
-  under the page's category threshold (`thresholds`); "oracle_failed": the oracle returned no
-  score (None or NaN) for it. Without a `rate`, pages are kept unrated (no `oracle_score` field).
+- "exact_duplicate", "near_duplicate": the curation pipeline deduplicates the kept pages among
+  themselves (curation/dedup.py's Beam dedup with stage "web": SHA-256 of the normalised text,
+  then MinHash LSH with the files' `dedup.near` settings); the kept copy is the smallest id;
+- "below_threshold": the page's quality rating (0-10) is under its category's threshold
+  (`thresholds`); "oracle_failed": a `rate` returned no score (None or NaN) for it.
+
+Where the rating comes from. In the curation pipeline (curation/pipeline.py) pages are rated in
+the score pass by the same model-centric rating as code files: the quality scorer trained on the
+oracle's labels (or the heuristic score when the oracle/scorer are off), then `RateScoredPages`
+applies the per-category thresholds. `threshold_kind` says what a threshold means: "score" (the
+paper's: a minimum 0-10 rating) or "percentile" (the bottom p % of each category's pages by score
+is dropped: for a scorer whose absolute scale means little, e.g. the tiny variant's 135M oracle,
+whose ratings sit near 3/10). Used alone, `WebRecords(cfg, rate)` / `iter_web_records` rate pages
+with `rate(texts) -> scores` (e.g. an oracle) and apply score thresholds to `oracle_score`;
+without a `rate` they keep pages unrated (no `oracle_score` field).
 
 Categories (`categorize`): "qa", "tutorial", "documentation", "other", read from the URL or path,
 the title and a few textual cues; each has its own rating threshold, as in the paper.
@@ -50,6 +62,7 @@ from seedcoder_jax.curation import records, web_classifier, web_extract
 
 STAGE = "web"
 CATEGORIES = ("qa", "tutorial", "documentation", "other")
+THRESHOLD_KINDS = ("score", "percentile")
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 WARC_SUFFIXES = (".warc", ".warc.gz", ".arc.gz")
 DEFAULT_PACKAGE = "pygame"  # pinned: pygame==2.6.1 (its wheel ships docs/generated/**/*.html)
@@ -90,7 +103,10 @@ class WebConfig:
     use_classifier: recall by the classifier too (else the tag rule alone).
     classifier_threshold: P(code-related) at or above which the classifier recalls a page.
     seeds_dir: labelled seed files for the classifier ("" = data/web_seeds/ of this project).
-    thresholds: category -> minimum LLM rating (0-10) kept; every category of CATEGORIES needed.
+    thresholds: category -> threshold; every category of CATEGORIES needed. With threshold_kind
+      "score", the minimum rating (0-10) kept; with "percentile", the percentile [0, 100) of the
+      category's page scores below which pages are dropped (pipeline only: RateScoredPages).
+    threshold_kind: "score" | "percentile" (see the module docstring).
     max_rate_chars: the text given to the rater is cut to this many characters.
     rate_batch_size: pages per `rate` call.
     model_path: where WebRecords writes the trained classifier for its workers to load, any Beam
@@ -105,6 +121,7 @@ class WebConfig:
   seeds_dir: str = ""
   thresholds: tuple[tuple[str, float], ...] = (("qa", 5.0), ("tutorial", 4.0),
                                               ("documentation", 4.0), ("other", 6.0))
+  threshold_kind: str = "score"
   max_rate_chars: int = 6000
   rate_batch_size: int = 16
   model_path: str = ""
@@ -120,6 +137,15 @@ class WebConfig:
       raise ValueError(f"WebConfig.thresholds: missing categories {missing}, unknown {unknown} "
                        f"(categories: {CATEGORIES})")
     object.__setattr__(self, "thresholds", tuple((c, float(v)) for c, v in t))
+    if self.threshold_kind not in THRESHOLD_KINDS:
+      raise ValueError(f"WebConfig.threshold_kind={self.threshold_kind!r} is not one of "
+                       f"{THRESHOLD_KINDS}")
+    hi = 10.0 if self.threshold_kind == "score" else 100.0
+    bad = {c: v for c, v in self.thresholds if not (0.0 <= v <= hi and
+                                                    (v < hi or self.threshold_kind == "score"))}
+    if bad:
+      raise ValueError(f"WebConfig.thresholds {bad}: a {self.threshold_kind} threshold must be in "
+                       f"[0, {hi:g}{']' if self.threshold_kind == 'score' else ')'}")
     for name in ("min_chars", "min_code_tags", "max_rate_chars", "rate_batch_size"):
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "rate_batch_size" else 0):
@@ -309,6 +335,10 @@ def filter_rated(pages: list[dict], scores: Sequence[Any], cfg: WebConfig) -> li
   The pure core of rate_pages, for a pipeline that rates pages elsewhere (e.g. in the driver's
   oracle step beside the files) and applies the per-category thresholds afterwards.
   """
+  if cfg.threshold_kind != "score":
+    raise ValueError(f"web: rating pages with `rate` needs threshold_kind='score' (0-10 "
+                     f"minimums), not {cfg.threshold_kind!r}: percentile thresholds apply to a "
+                     "whole collection (RateScoredPages)")
   if len(scores) != len(pages):
     raise ValueError(f"web: {len(scores)} scores for {len(pages)} pages"
                      + (f" (first page {pages[0]['id']})" if pages else ""))
@@ -322,6 +352,59 @@ def filter_rated(pages: list[dict], scores: Sequence[Any], cfg: WebConfig) -> li
     else:
       out.append(dict(page, oracle_score=float(s)))
   return out
+
+
+def judge_scored(page: dict, cfg: WebConfig, cutoffs: dict[str, float] | None = None) -> dict:
+  """A scored web record (`score`, 0-10) -> itself, or a "below_threshold" rejection.
+
+  cutoffs: category -> the minimum score kept, for threshold_kind "percentile" (the category's
+  score at its percentile, computed over all pages by RateScoredPages); a category missing from
+  it keeps everything. With threshold_kind "score" the config's thresholds are the cutoffs.
+  """
+  category = page["category"]
+  if cfg.threshold_kind == "score":
+    cut, how = cfg.threshold(category), "threshold"
+  else:
+    cut = (cutoffs or {}).get(category, float("-inf"))
+    how = f"p{cfg.threshold(category):g} of {category} pages"
+  s = float(page["score"])
+  if s < cut:
+    return records.reject(page, STAGE, "below_threshold",
+                          f"{category}: {page.get('score_source', 'score')} {s:.3f} < {how} "
+                          f"{cut:.3f}")
+  return page
+
+
+class RateScoredPages(beam.PTransform):
+  """Scored web records (each with `score` 0-10 and `category`) -> {"kept", "rejected"}: the
+  per-category thresholds applied (judge_scored). For threshold_kind "percentile", each
+  category's cutoff comes from Beam's approximate quantiles per category (a side input of four
+  numbers: no worker or driver holds the pages)."""
+
+  def __init__(self, cfg: WebConfig):
+    super().__init__()
+    self.cfg = cfg
+
+  def expand(self, pages):
+    from apache_beam.transforms.stats import ApproximateQuantiles
+    cfg = self.cfg
+    if cfg.threshold_kind == "score":
+      out = pages | "Judge" >> beam.Map(lambda r: _split(judge_scored(r, cfg))).with_outputs(
+          records.REJECTED, main="kept")
+    else:
+      pct = dict(cfg.thresholds)
+
+      def cutoff(category, qs):
+        qs = list(qs)
+        return category, float(qs[int(round(pct[category] * 10))]) if qs else float("-inf")
+
+      cutoffs = (pages | "CategoryScores" >> beam.Map(lambda r: (r["category"], float(r["score"])))
+                 | "Quantiles" >> ApproximateQuantiles.PerKey(1001)
+                 | "Cutoffs" >> beam.MapTuple(cutoff))
+      out = pages | "Judge" >> beam.Map(
+          lambda r, cuts: _split(judge_scored(r, cfg, cuts)),
+          beam.pvalue.AsDict(cutoffs)).with_outputs(records.REJECTED, main="kept")
+    return {"kept": out.kept, "rejected": out[records.REJECTED]}
 
 
 def build_classifier(cfg: WebConfig) -> web_classifier.CodePageClassifier | None:
