@@ -137,6 +137,9 @@ def base() -> ml_collections.ConfigDict:
   c.output = ml_collections.ConfigDict(dict(
       num_shards=1,  # ArrayRecord shards of DIR/corpus
       report=True,  # DIR/report.html and its PNGs
+      # DIR/corpus also as a TFDS dataset, DIR/tfds/seedcoder_corpus/1.0.0 (ArrayRecord files,
+      # feature spec; tfds.data_source("seedcoder_corpus", data_dir=DIR/tfds) -> Grain).
+      tfds=False,
   ))
   return c
 
@@ -166,6 +169,7 @@ def tiny() -> ml_collections.ConfigDict:
   # A 135M oracle rates the stdlib ~3/10: select the better half of repositories, not a fixed 5.
   c.repo.min_mean_score = 0.0
   c.repo.select_percentile = 50.0
+  c.output.tfds = True
   return c
 
 

@@ -310,6 +310,7 @@ def test_pipeline_dedups_and_rates_web_pages(tmp_path):
   c.decontam.enabled = False
   c.repo.enabled = False
   c.output.report = False
+  c.output.tfds = True
   stats = pipeline.run(c, str(tmp_path / "cur"), inputs=[str(repo)])
   assert stats["input_by_source"]["web"] == 5, stats
   rej = stats["rejected"]
@@ -321,6 +322,10 @@ def test_pipeline_dedups_and_rates_web_pages(tmp_path):
                      if corpus.source[i]["kind"] == "web")
   assert len(web_paths) == 2 and "pages/dump.html" not in web_paths, web_paths
   assert "pages/tut/veg.html" in web_paths
+  from seedcoder_jax.curation import tfds_corpus  # output.tfds: the same records through TFDS
+  src = tfds_corpus.data_source(str(tmp_path / "cur" / "tfds"))
+  assert [tfds_corpus.as_record(src[i]) for i in range(len(src))] == [
+      corpus.source[i] for i in range(len(corpus))]
   reasons = [json.loads(l) for f in sorted((tmp_path / "cur" / "stages" / "score").glob("rejected*"))
              for l in f.read_text().splitlines()]
   low = [r for r in reasons if r["stage"] == "web"]

@@ -68,6 +68,7 @@ class Plan:
   decontam: decontam.DecontamConfig | None
   num_shards: int
   report: bool
+  tfds: bool = False
 
 
 def _as_dict(group) -> dict:
@@ -170,7 +171,7 @@ def make_plan(config, inputs: Sequence[str] | None = None) -> Plan:
   decontam_cfg = _build(decontam.DecontamConfig, "config.decontam", dc, ("enabled",)) \
       if enabled("config.decontam", dc, _fields(decontam.DecontamConfig)) else None
   out = dict(c["output"])
-  _check_keys("config.output", out, {"num_shards", "report"})
+  _check_keys("config.output", out, {"num_shards", "report", "tfds"})
   num_shards = int(out.get("num_shards", 1))
   if num_shards < 1:
     raise ConfigError(f"config.output.num_shards={num_shards} must be >= 1")
@@ -187,7 +188,8 @@ def make_plan(config, inputs: Sequence[str] | None = None) -> Plan:
   return Plan(inputs=paths, ingest=ingest_cfg, syntax=syntax_cfg,
               dedup=dedup_cfg, oracle=oracle_cfg, scorer=scorer_cfg, drop_percentile=drop,
               repo=repo_cfg, commits=commits_cfg, web=web_cfg, decontam=decontam_cfg,
-              num_shards=num_shards, report=bool(out.get("report", True)))
+              num_shards=num_shards, report=bool(out.get("report", True)),
+              tfds=bool(out.get("tfds", False)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +343,7 @@ def _filter_pass(p, plan: Plan, stage_dir: str) -> None:
 
 
 ORACLE_SAMPLE = "oracle_sample"  # DIR/stages/filter/oracle_sample.jsonl
+TFDS_DIR = "tfds"  # output.tfds: DIR/tfds/seedcoder_corpus/1.0.0 (curation/tfds_corpus.py)
 
 
 def _scorer_step(plan: Plan, workdir: str) -> dict:
@@ -577,9 +580,15 @@ def run(config, workdir: str, *, inputs: Sequence[str] | None = None,
       if _fs().exists(f"{wd}/{name}"):
         _fs().delete([f"{wd}/{name}"])
 
+    _rmtree(f"{wd}/{TFDS_DIR}")
+
     def stats_and_report():
       counts = {name: read_counts(f"{stages}/{name}") for name in ("filter", "score", "output")}
       output_lib.output_step(plan, wd, scoring, counts)
+      if plan.tfds:  # the corpus again, as a TFDS dataset (DIR/tfds/seedcoder_corpus/1.0.0)
+        from seedcoder_jax.curation import tfds_corpus
+        _progress(f"TFDS dataset of {wd}/corpus -> {wd}/{TFDS_DIR}")
+        tfds_corpus.prepare(f"{wd}/corpus", f"{wd}/{TFDS_DIR}", beam_args=beam_args)
 
     beam_pass("output", lambda p: output_lib.output_pass(p, plan, wd, scoring),
               then=stats_and_report)
