@@ -23,14 +23,22 @@ Each (arm, seed) is a recipe workdir DIR/<arm>/seed<k>/: finished stages are ski
 reported as failed (its traceback in FAILED.txt), never dropped, and the others still run.
 Outputs: DIR/ablation.json (every arm's diff, summaries, curves, final metrics),
 DIR/ablation.md (the table and a verdict line per expectation) and DIR/<curve>.png.
+
+Every stage run records the code it ran on (`code_version()`: the commit, plus a hash of any
+uncommitted change to seedcoder_jax/, configs/ or launch/) in its directory's CODE.txt; the
+report names that code, and warns when the runs it compares used different code (say, one arm
+run before a change to curation landed and one after): then the arms differ in more than the
+named keys.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import pathlib
+import subprocess
 import traceback
 from typing import Any, Optional
 
@@ -38,6 +46,7 @@ import numpy as np
 
 DONE = "DONE.json"
 FAILED = "FAILED.txt"
+CODE = "CODE.txt"
 
 
 class AblationError(ValueError):
@@ -168,11 +177,37 @@ def run_dir(workdir: pathlib.Path, arm: str, seed: int) -> pathlib.Path:
 
 # --- running ------------------------------------------------------------------------------------
 
-def run_shared(ablation: dict, workdir: pathlib.Path) -> None:
+def code_version() -> str:
+  """The commit this library runs from, with "+dirty:<hash of the uncommitted diff>" when its
+  code (seedcoder_jax/, configs/, launch/) differs from it; "unknown" outside a git checkout."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, check=True,
+                                  timeout=60).stdout
+  try:
+    head = git("rev-parse", "--short=12", "HEAD").decode().strip()
+    diff = git("diff", "HEAD", "--", "seedcoder_jax", "configs", "launch")
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  return head + (f"+dirty:{hashlib.sha256(diff).hexdigest()[:8]}" if diff else "")
+
+
+def _run_stages(stages: list[str], options: dict, directory: pathlib.Path) -> None:
+  """recipe.run, then CODE.txt in each stage it finished (the skipped ones keep theirs)."""
   from seedcoder_jax import recipe
+  pending = [s for s in stages if not (directory / s / DONE).exists()]
+  version = code_version() if pending else None
+  try:
+    recipe.run(stages, options, directory)
+  finally:
+    for s in pending:
+      if (directory / s / DONE).exists():
+        (directory / s / CODE).write_text(version + "\n")
+
+
+def run_shared(ablation: dict, workdir: pathlib.Path) -> None:
   shared = list(ablation.get("shared", []))
   if shared:
-    recipe.run(shared, ablation["base"], workdir / "shared")
+    _run_stages(shared, ablation["base"], workdir / "shared")
 
 
 def _link(directory: pathlib.Path, stages, target: pathlib.Path) -> None:
@@ -184,7 +219,6 @@ def _link(directory: pathlib.Path, stages, target: pathlib.Path) -> None:
 
 def run_arm(ablation: dict, workdir: pathlib.Path, arm: str, seed: int) -> Optional[str]:
   """Runs one (arm, seed); None when it finished, else the error (also in FAILED.txt)."""
-  from seedcoder_jax import recipe
   directory = run_dir(workdir, arm, seed)
   common = workdir / arm / "common"
   per_arm = list(ablation.get("per_arm", []))
@@ -197,8 +231,8 @@ def run_arm(ablation: dict, workdir: pathlib.Path, arm: str, seed: int) -> Optio
   (directory / FAILED).unlink(missing_ok=True)
   try:
     if per_arm:
-      recipe.run(per_arm, options, common)
-    recipe.run(list(ablation["stages"]), options, directory)
+      _run_stages(per_arm, options, common)
+    _run_stages(list(ablation["stages"]), options, directory)
   except Exception as e:  # an arm that fails is reported, not dropped; the others still run
     (directory / FAILED).write_text(traceback.format_exc())
     print(f"[ablate] arm {arm} seed {seed} FAILED: {type(e).__name__}: {e}")
@@ -307,15 +341,18 @@ def collect(ablation: dict, workdir) -> dict:
           "metrics": {m["name"]: _number(stages.get(m["stage"]), m["key"])
                       for m in ablation.get("metrics", [])},
           "curves": {c["name"]: _curve(directory, c["stage"], c["y"], c.get("x", "tokens"))
-                     for c in ablation.get("curves", [])}}
+                     for c in ablation.get("curves", [])},
+          "code": {s: (directory / s / CODE).read_text().strip()
+                   for s in ablation["stages"] if (directory / s / CODE).exists()}}
     arms[arm] = {"diff": flatten(ablation["arms"][arm]), "seeds": seeds}
   final = {arm: {m["name"]: _final(a, m["name"]) for m in ablation.get("metrics", [])}
            for arm, a in arms.items()}
   metrics = {m["name"]: m for m in ablation.get("metrics", [])}
   verdicts = [verdict(e, metrics[e["metric"]], final) for e in ablation.get("expect", [])]
+  code = sorted({v for a in arms.values() for s in a["seeds"].values() for v in s["code"].values()})
   result = {"name": ablation.get("name", ""), "description": ablation.get("description", ""),
             "keys": list(ablation["keys"]), "seeds": list(ablation.get("seeds", [0])),
-            "arms": arms, "final": final, "verdicts": verdicts}
+            "arms": arms, "final": final, "verdicts": verdicts, "code": code}
   (workdir / "ablation.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
   plots = _plot(ablation, arms, workdir)
   (workdir / "ablation.md").write_text(_markdown(ablation, result, plots))
@@ -384,6 +421,13 @@ def _markdown(ablation: dict, result: dict, plots: list[str]) -> str:
           f" ± {f['std']:.4f} (n={f['n']})" if f["std"] is not None else ""))
     diff_text = ", ".join(f"`{k}={v}`" for k, v in a["diff"].items()) or "(base)"
     lines.append(f"| {arm} | {diff_text} | {status} | " + " | ".join(cells) + " |")
+  if len(result["code"]) == 1:
+    lines += ["", f"Code: every stage ran on `{result['code'][0]}`."]
+  elif len(result["code"]) > 1:
+    where = "; ".join(f"{arm} seed {seed}: " + ", ".join(f"{st} `{v}`" for st, v in s["code"].items())
+                      for arm, a in result["arms"].items() for seed, s in a["seeds"].items())
+    lines += ["", f"**Warning: the stages ran on different code** ({', '.join(result['code'])}), so "
+                  f"the arms may differ in more than the varied keys: {where}."]
   if result["verdicts"]:
     lines += ["", "## Did the paper's direction reproduce at this scale?", ""]
     lines += [f"- {v['line']}" for v in result["verdicts"]]

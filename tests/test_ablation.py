@@ -129,6 +129,33 @@ def test_one_arm_job_needs_the_shared_stages_first(fake_stages, tmp_path):
   assert result["arms"]["a"]["seeds"][0]["status"] == "unfinished"
 
 
+def test_report_names_the_code_and_warns_when_runs_used_different_code(fake_stages, tmp_path,
+                                                                      monkeypatch):
+  spec = _spec(arms={"a": {}, "b": {"make": {"x": 2.0}}}, seeds=[0], expect=[])
+  monkeypatch.setattr(ablation, "code_version", lambda: "abc123")
+  ablation.run(spec, tmp_path, only=None)
+  assert (tmp_path / "shared" / "prep" / ablation.CODE).read_text().strip() == "abc123"
+  assert "Code: every stage ran on `abc123`." in (tmp_path / "ablation.md").read_text()
+  # Arm b is rerun after a change landed: its own stages record the new code, the shared one keeps
+  # the old; the report warns instead of comparing silently.
+  for stage in ("make", "score"):
+    (tmp_path / "b" / "seed0" / stage / "DONE.json").unlink()
+  monkeypatch.setattr(ablation, "code_version", lambda: "def456+dirty:0f0f0f0f")
+  result = ablation.run(spec, tmp_path)
+  assert result["code"] == ["abc123", "def456+dirty:0f0f0f0f"]
+  assert result["arms"]["b"]["seeds"][0]["code"] == {
+      "prep": "abc123", "make": "def456+dirty:0f0f0f0f", "score": "def456+dirty:0f0f0f0f"}
+  md = (tmp_path / "ablation.md").read_text()
+  assert "**Warning: the stages ran on different code**" in md
+  assert "b seed 0: prep `abc123`, make `def456+dirty:0f0f0f0f`" in md
+  assert "a seed 0: prep `abc123`, make `abc123`, score `abc123`" in md
+
+
+def test_code_version_is_this_checkouts_commit():
+  version = ablation.code_version()
+  assert version == "unknown" or len(version.split("+")[0]) == 12
+
+
 def test_verdicts_by_hand():
   metric = {"name": "m", "better": "higher"}
   expect = {"metric": "m", "better": "x", "worse": "y", "claim": "x > y"}
