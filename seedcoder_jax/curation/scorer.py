@@ -468,9 +468,23 @@ class _SplitByThreshold(_beam().DoFn):
       yield records_lib.tagged_rejection(rejection)
 
 
+QUANTILES = 1001  # Beam's approximate quantiles at 0.1 % steps: a percentile p is entry round(10 p)
+
+
+def quantile_threshold(quantiles: Sequence[float], percentile: float) -> float:
+  """The drop threshold from ApproximateQuantiles.Globally(QUANTILES)'s list: the score at the
+  percentile's rank (records strictly below it go); -inf for no scores or percentile 0."""
+  if percentile <= 0 or not quantiles:
+    return float("-inf")
+  return float(quantiles[int(round(percentile * (len(quantiles) - 1) / 100.0))])
+
+
 class DropLowQuality(_beam().PTransform):
   """Scored records -> (kept, rejected): the bottom `drop_percentile` % by score is rejected with
-  reason "low_quality". The threshold comes from all scores (a global combine, as a side input)."""
+  reason "low_quality". The threshold comes from Beam's approximate quantiles of all scores (a
+  combine of bounded size, as a side input: no worker holds every score), as in the pipeline's
+  score pass; on small inputs it is the score at the percentile's rank (numpy's interpolated
+  `percentile_threshold` may put the cut one record higher)."""
 
   def __init__(self, cfg: ScorerConfig):
     super().__init__()
@@ -478,11 +492,12 @@ class DropLowQuality(_beam().PTransform):
 
   def expand(self, scored):
     beam = _beam()
+    from apache_beam.transforms.stats import ApproximateQuantiles
     pct = self.cfg.drop_percentile
     threshold = (scored
-                 | "Scores" >> beam.Map(lambda r: r["score"])
-                 | "All" >> beam.combiners.ToList()
-                 | "Percentile" >> beam.Map(percentile_threshold, pct))
+                 | "Scores" >> beam.Map(lambda r: float(r["score"]))
+                 | "Quantiles" >> ApproximateQuantiles.Globally(QUANTILES)
+                 | "Percentile" >> beam.Map(quantile_threshold, pct))
     out = scored | "Split" >> beam.ParDo(_SplitByThreshold(), beam.pvalue.AsSingleton(threshold),
                                          pct).with_outputs(records_lib.REJECTED, main="kept")
     return out.kept, out[records_lib.REJECTED]
