@@ -149,6 +149,9 @@ def base() -> ml_collections.ConfigDict:
   c.mesh.data = 1
   c.mesh.fsdp = -1
   c.mesh.tensor = 1
+  # Multi-slice jobs (xpk.sh NUM_SLICES): data, fsdp and tensor describe one slice, and the data
+  # axis is repeated across this many slices over DCN (-1: every slice the job has; 1 off pods).
+  c.mesh.dcn_data = -1
   return c
 
 

@@ -10,6 +10,8 @@ Exits 1 with a "does not fit" message (after the JSON line) when the step needs 
 than the chip has, and 2 on a setup error.
 
   python launch/aot_compile.py --config=configs/pretrain.py:8b --topology=v5p-128
+  python launch/aot_compile.py --config=configs/pretrain.py:8b --topology=v5p-128 --num_slices=2
+                               # multi-slice: two v5p-128 joined by DCN, data axis across them
   python launch/aot_compile.py --preset=seed_coder_8b --topology=v6e-256 --seq_len=8192 \
       --mesh=fsdp:-1,tensor:1 --remat=full --grad_accum_steps=1
   # post-training steps: the config's trainer picks the objective and the batch
@@ -58,6 +60,9 @@ _ACCUM = flags.DEFINE_integer("grad_accum_steps", None, "microbatches per optimi
 _EXACT = flags.DEFINE_bool("exact_flops", True, "also compile the step with 2 unrolled layers, so "
                            "that XLA's FLOPs count every layer of the scanned stack (its cost "
                            "analysis counts a loop body once); about doubles the compile time.")
+_SLICES = flags.DEFINE_integer("num_slices", 1, "identical --topology slices joined by DCN "
+                               "(multi-slice, xpk --num-slices); the mesh's data axis crosses them "
+                               "(config.mesh.dcn_data). Same as a '2xv5p-128' topology.")
 _TIMEOUT = flags.DEFINE_float("topology_timeout_s", 120.0, "give up if libtpu has not described the "
                               "topology after this many seconds.")
 
@@ -95,7 +100,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    topology = aot.parse_topology(_TOPOLOGY.value)
+    topology = aot.parse_topology(_TOPOLOGY.value, _SLICES.value)
     post = post_training_fields(_CONFIG.value) if _CONFIG.value else {}
     if _BATCH.value is not None:
       post.pop("batch_size", None)
@@ -111,6 +116,8 @@ def main(argv):
       config = aot.load_config_file(_CONFIG.value) if _CONFIG.value else None
       if config is None or config.get("trainer") != "rl":
         raise aot.AotError("--decode needs an RL config (config.trainer='rl')")
+      if topology.num_slices > 1:
+        raise aot.AotError("--decode compiles for one slice; drop --num_slices")
       report = aot_rollout.compile_decode_chunk(
           dataclasses.replace(spec, objective=None), topology,
           slots=int(config.rl.rollout_slots), cache_len=_SEQ.value or int(config.data.seq_len),

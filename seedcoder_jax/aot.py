@@ -87,9 +87,11 @@ class Topology:
   name: str            # as the user wrote it
   generation: str      # key of GENERATIONS
   shape: tuple[int, ...]
+  num_slices: int = 1  # identical slices joined by DCN (multi-slice; xpk --num-slices)
 
   @property
   def n_chips(self) -> int:
+    """Chips of one slice."""
     return math.prod(self.shape)
 
   @property
@@ -119,8 +121,18 @@ def _default_shape(n_chips: int, ndim: int) -> tuple[int, ...]:
   return tuple(shape)
 
 
-def parse_topology(name: str) -> Topology:
-  """'v5p-128' (Cloud name), 'v5litepod-16' or 'v5p:4x4x4' / 'v5p=4x4x4' (libtpu string)."""
+def parse_topology(name: str, num_slices: int = 1) -> Topology:
+  """'v5p-128' (Cloud name), 'v5litepod-16' or 'v5p:4x4x4' / 'v5p=4x4x4' (libtpu string); a
+  'Nx' prefix ('2xv5p-128') or `num_slices` asks for N such slices joined by DCN (multi-slice)."""
+  if num_slices < 1:
+    raise AotError(f"num_slices={num_slices} must be at least 1")
+  m = re.fullmatch(r"\s*(\d+)\s*x\s*([a-z].*)", name.lower())
+  if m:
+    if num_slices != 1 and num_slices != int(m.group(1)):
+      raise AotError(f"topology {name!r} names {m.group(1)} slices but num_slices={num_slices}")
+    return dataclasses.replace(parse_topology(m.group(2)), name=name, num_slices=int(m.group(1)))
+  if num_slices > 1:
+    return dataclasses.replace(parse_topology(name), num_slices=num_slices)
   text = name.strip().lower()
   gen = re.match(r"[a-z0-9]+?(?=[-:=])", text)
   if gen and gen.group(0) in UNSUPPORTED:
@@ -238,20 +250,19 @@ def topology_devices(topology: Topology, timeout_s: float = 120.0) -> list:
                    f"(it is {jax.config.jax_platforms!r}): otherwise JAX probes for or locks TPUs")
   _set_libtpu_env(topology)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # libtpu describes several slices (devices with slice_index) when asked for num_slices.
+  extra = {"num_slices": topology.num_slices} if topology.num_slices > 1 else {}
   desc = _time_boxed(
-      lambda: topologies.get_topology_desc(topology_name=topology.libtpu_string, platform="tpu"),
-      timeout_s, f"creating the TPU topology {topology.libtpu_string}")
+      lambda: topologies.get_topology_desc(topology_name=topology.libtpu_string, platform="tpu",
+                                           **extra),
+      timeout_s, f"creating the TPU topology {topology.num_slices} x {topology.libtpu_string}")
   return list(desc.devices)
 
 
 def topology_mesh(mesh_shape: Mapping[str, int], devices: list) -> jax.sharding.Mesh:
-  """A (data, fsdp, tensor) mesh laid out along the torus (mesh_utils), as on a real slice."""
-  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
-  sizes = sharding_lib.resolve_mesh_shape(mesh_shape, len(devices))
-  axis_shape = tuple(sizes[a] for a in sharding_lib.MESH_AXES)
-  ordered = mesh_utils.create_device_mesh(axis_shape, devices).reshape(-1)
-  # sharding.make_mesh reshapes the list in order, so the torus-aware layout carries over.
-  return sharding_lib.make_mesh(sizes, devices=list(ordered))
+  """A (data, fsdp, tensor) mesh laid out along the torus (mesh_utils), as on a real slice; over
+  several slices (their devices carry slice_index), the data axis crosses them (dcn_data)."""
+  return sharding_lib.make_mesh(mesh_shape, devices, layout=True)
 
 
 # --- capture of XLA's C++ log lines (SPMD partitioner warnings) -----------------------------------
@@ -365,9 +376,11 @@ def compile_train_step(spec: AotSpec, topology: Topology, *, timeout_s: float = 
   """
   devices = topology_devices(topology, timeout_s)
   n_devices = len(devices)
-  if n_devices != topology.n_chips:  # Megacore: JAX sees one device per chip on v5p, v5e, v6e.
-    raise AotError(f"libtpu lists {n_devices} devices for the {topology.n_chips} chips of "
-                   f"{topology.libtpu_string}; one device per chip is expected")
+  n_chips = topology.n_chips * topology.num_slices
+  if n_devices != n_chips:  # Megacore: JAX sees one device per chip on v5p, v5e, v6e.
+    raise AotError(f"libtpu lists {n_devices} devices for the {n_chips} chips of "
+                   f"{topology.num_slices} x {topology.libtpu_string}; one device per chip is "
+                   f"expected")
   mesh = topology_mesh(spec.mesh, devices)
   mesh_sizes = dict(mesh.shape)
   batch_ways = math.prod(mesh_sizes[a] for a in sharding_lib.BATCH_AXES)
@@ -384,7 +397,8 @@ def compile_train_step(spec: AotSpec, topology: Topology, *, timeout_s: float = 
       "topology": topology.name,
       "libtpu_topology": topology.libtpu_string,
       "device_kind": devices[0].device_kind,
-      "n_chips": topology.n_chips,
+      "num_slices": topology.num_slices,
+      "n_chips": n_chips,
       "n_devices": n_devices,
       "mesh": mesh_sizes,
       "preset": spec.preset,

@@ -8,6 +8,11 @@ maps them onto the mesh axes `data`, `fsdp` and `tensor`:
 A logical name whose mesh axis is already used by an earlier dimension stays unsharded (Flax's
 rule), so activations [batch, length, embed] shard batch over (data, fsdp) and leave embed whole.
 The mesh states its axis types (Auto) so jit's in/out-shardings recipe works on JAX >= 0.10.
+
+Multi-slice TPU jobs (xpk --num-slices, MEGASCALE_NUM_SLICES; slices joined by the data-centre
+network, DCN): the `data` axis is split into an outer DCN factor, one block per slice, and its
+inner (ICI) part; fsdp and tensor stay inside each slice, so only the gradient all-reduce of data
+parallelism crosses DCN (`dcn_data` below, JAX's create_hybrid_device_mesh layout).
 """
 
 from __future__ import annotations
@@ -71,15 +76,93 @@ def resolve_mesh_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, in
   return sizes
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh over all (or the given) devices, axes (data, fsdp, tensor), all of type Auto."""
+DCN_KEY = "dcn_data"  # in a mesh shape: slices along the data axis (-1: as many as there are)
+
+
+def _slice_of(device) -> int:
+  # Multi-slice TPU devices carry slice_index; CPU, GPU and single-slice TPU devices have none.
+  return getattr(device, "slice_index", 0) or 0
+
+
+def slice_groups(devices: Sequence, slice_of=None) -> list[list]:
+  """The devices grouped by slice (device.slice_index; `slice_of(device)` simulates one), slices
+  in index order, each slice's devices in the given order."""
+  slice_of = slice_of or _slice_of
+  groups: dict[int, list] = {}
+  for d in devices:
+    groups.setdefault(int(slice_of(d)), []).append(d)
+  return [groups[k] for k in sorted(groups)]
+
+
+def resolve_dcn(shape: Mapping[str, int], groups: Sequence[Sequence]) -> int:
+  """The number of slices along the data axis: shape's `dcn_data` (-1 or absent: every slice
+  the devices span), which must equal that count; slices must hold equally many devices."""
+  dcn = int(shape.get(DCN_KEY, -1))
+  n_slices = len(groups)
+  if dcn == 0 or dcn < -1:
+    raise MeshError(f"mesh {DCN_KEY}={dcn} must be a positive number of slices or -1 (every slice)")
+  if dcn != -1 and dcn != n_slices:
+    what = ("one slice (no device has a slice_index > 0: not a multi-slice TPU job)"
+            if n_slices == 1 else f"{n_slices} slices")
+    raise MeshError(f"mesh {DCN_KEY}={dcn} asks for {dcn} slices along the data axis, but the "
+                    f"{sum(map(len, groups))} devices form {what}; use {DCN_KEY}=-1 (as many as "
+                    f"the job has, e.g. xpk --num-slices) or {n_slices}")
+  sizes = sorted({len(g) for g in groups})
+  if len(sizes) > 1:
+    raise MeshError(f"the {n_slices} slices hold unequal numbers of devices {sizes}; a multi-slice "
+                    f"mesh needs identical slices")
+  return n_slices
+
+
+def device_array(shape: Mapping[str, int], devices: Sequence, slice_of=None,
+                 layout: bool = False) -> tuple[dict[str, int], np.ndarray]:
+  """(axis sizes, devices arranged [data, fsdp, tensor]) for `shape` over `devices`.
+
+  One slice: the devices reshaped in order (layout=True: mesh_utils.create_device_mesh, which lays
+  the axes along a TPU torus). Several slices (DCN): `shape`'s data/fsdp/tensor describe one slice
+  (one -1 fills the slice), each slice is laid out alone, and the slices are stacked along the data
+  axis, so the mesh's data axis is dcn_data x the per-slice data size and nothing but the data
+  axis crosses slices (jax.experimental.mesh_utils.create_hybrid_device_mesh's arrangement)."""
+  ici = {k: v for k, v in shape.items() if k != DCN_KEY}
+  groups = slice_groups(devices, slice_of)
+  n_slices = resolve_dcn(shape, groups)
+  try:
+    sizes = resolve_mesh_shape(ici, len(groups[0]))
+  except MeshError as e:
+    if n_slices == 1:
+      raise
+    raise MeshError(f"{e} (per slice: the {len(devices)} devices form {n_slices} slices, and "
+                    f"data/fsdp/tensor describe one slice)") from e
+  axis_shape = tuple(sizes[k] for k in MESH_AXES)
+
+  def arrange(group):
+    if layout:
+      from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+      return mesh_utils.create_device_mesh(axis_shape, group)
+    return np.asarray(group, dtype=object).reshape(axis_shape)
+
+  array = np.concatenate([arrange(g) for g in groups], axis=0)
+  sizes["data"] *= n_slices
+  return sizes, array
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None, *,
+              slice_of=None, layout: bool | None = None) -> Mesh:
+  """A mesh over all (or the given) devices, axes (data, fsdp, tensor), all of type Auto.
+
+  `shape` may hold dcn_data (see device_array): on a multi-slice job the data axis spans the
+  slices. layout: lay the axes along the TPU torus (default: when all devices are used; given
+  devices are otherwise taken in order). `slice_of(device)` simulates slices (tests)."""
+  all_devices = devices is None or list(devices) == list(jax.devices())
   devices = list(jax.devices() if devices is None else devices)
-  sizes = resolve_mesh_shape(shape, len(devices))
-  axis_shapes = tuple(sizes[k] for k in MESH_AXES)
-  if devices == list(jax.devices()):
-    return jax.make_mesh(axis_shapes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-  return Mesh(np.asarray(devices).reshape(axis_shapes), MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  layout = all_devices if layout is None else layout
+  groups = slice_groups(devices, slice_of)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if len(groups) == 1 and resolve_dcn(shape, groups) == 1 and all_devices and layout:
+    sizes = resolve_mesh_shape({k: v for k, v in shape.items() if k != DCN_KEY}, len(devices))
+    return jax.make_mesh(tuple(sizes[k] for k in MESH_AXES), MESH_AXES, axis_types=axis_types)
+  _, array = device_array(shape, devices, slice_of, layout=layout)
+  return Mesh(array, MESH_AXES, axis_types=axis_types)
 
 
 @contextlib.contextmanager

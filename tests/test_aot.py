@@ -229,3 +229,39 @@ def test_rollout_decode_chunk_compiles_for_v5e_8(tmp_path):
   # over the 8 chips (rows over fsdp 4, kv heads over tensor 2), is among the arguments.
   itemsize = 2 if report["compute_dtype"] == "bfloat16" else 4
   assert report["argument_bytes"] >= 2 * 2 * 32 * 256 * 4 * 16 * itemsize // 8
+
+
+@pytest.mark.parametrize("name, slices, expected", [
+    ("2xv5p-128", 1, ("v5p:4x4x4", 64, 2)),
+    ("v5p-128", 2, ("v5p:4x4x4", 64, 2)),
+    ("4xv6e-256", 4, ("v6e:16x16", 256, 4)),
+    ("v5e-8", 1, ("v5e:2x4", 8, 1)),
+])
+def test_parse_multi_slice_topology(name, slices, expected):
+  topo = aot.parse_topology(name, slices)
+  assert (topo.libtpu_string, topo.n_chips, topo.num_slices) == expected
+
+
+def test_parse_multi_slice_topology_errors():
+  with pytest.raises(aot.AotError, match="names 2 slices but num_slices=3"):
+    aot.parse_topology("2xv5p-128", 3)
+  with pytest.raises(aot.AotError, match="num_slices=0"):
+    aot.parse_topology("v5p-128", 0)
+
+
+@needs_libtpu
+def test_multi_slice_step_compiles_with_the_data_axis_across_slices():
+  """libtpu describes 2 x v5e-4 (devices with slice_index); the data axis spans the slices."""
+  topology = aot.parse_topology("v5e-4", 2)
+  devices = aot.topology_devices(topology)
+  assert len(devices) == 8 and sorted({d.slice_index for d in devices}) == [0, 1]
+  mesh = aot.topology_mesh({"fsdp": -1, "tensor": 2}, devices)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  for i, block in enumerate(mesh.devices):
+    assert {d.slice_index for d in block.flat} == {i}
+  result = _run_tool("--preset=tiny", "--topology=v5e-4", "--num_slices=2", "--seq_len=128",
+                     "--mesh=fsdp:-1,tensor:2", "--noexact_flops")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["num_slices"] == 2 and report["n_chips"] == report["n_devices"] == 8
+  assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and report["fits"] is True

@@ -282,3 +282,54 @@ def test_trainer_refuses_a_mesh_whose_process_rows_it_cannot_load(tmp_path, monk
   finally:
     sh.data_shard.cache_clear()
   assert not (tmp_path / "checkpoints").exists()
+
+
+# --- multi-slice (DCN) meshes: CPU devices have no slice_index, so slices are simulated ---------
+
+def _two_slices(d):
+  return d.id // 4  # devices 0-3: slice 0, 4-7: slice 1
+
+
+@pytest.mark.parametrize("shape, sizes", [
+    ({"fsdp": -1}, {"data": 2, "fsdp": 4, "tensor": 1}),
+    ({"fsdp": -1, "tensor": 2}, {"data": 2, "fsdp": 2, "tensor": 2}),
+    ({"data": 2, "fsdp": -1, "dcn_data": 2}, {"data": 4, "fsdp": 2, "tensor": 1}),
+])
+def test_multi_slice_mesh_puts_only_the_data_axis_across_slices(shape, sizes):
+  mesh = sh.make_mesh(shape, slice_of=_two_slices)
+  assert dict(mesh.shape) == sizes
+  per_slice_data = sizes["data"] // 2
+  for i, block in enumerate(mesh.devices):  # the data axis: outer DCN factor x inner ICI part
+    assert {_two_slices(d) for d in block.flat} == {i // per_slice_data}
+  # Every fsdp/tensor group (what parameters are sharded over) lies inside one slice.
+  for d in range(sizes["data"]):
+    assert len({_two_slices(x) for x in mesh.devices[d].flat}) == 1
+  # Each slice's batch rows are one contiguous half of the batch (data is the outer batch axis).
+  blocks = sh.process_batch_blocks(mesh, process_of=_two_slices)
+  n = sizes["data"] * sizes["fsdp"]
+  assert blocks == {0: list(range(n // 2)), 1: list(range(n // 2, n))}
+
+
+def test_single_slice_mesh_is_unchanged_by_dcn_data():
+  for shape in ({"fsdp": -1, "tensor": 2, "dcn_data": 1}, {"fsdp": -1, "tensor": 2, "dcn_data": -1}):
+    mesh = sh.make_mesh(shape)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert (mesh.devices == sh.make_mesh({"fsdp": -1, "tensor": 2}).devices).all()
+
+
+@pytest.mark.parametrize("shape, slice_of, message", [
+    ({"fsdp": -1, "dcn_data": 2}, None, r"dcn_data=2 asks for 2 slices .* 8 devices form one slice"),
+    ({"fsdp": -1, "dcn_data": 4}, _two_slices, r"dcn_data=4 asks for 4 slices .* form 2 slices"),
+    ({"fsdp": -1, "dcn_data": 0}, _two_slices, r"dcn_data=0 must be a positive number of slices"),
+    ({"fsdp": -1}, lambda d: int(d.id >= 3), r"unequal numbers of devices \[3, 5\]"),
+    ({"fsdp": 8}, _two_slices, r"has 8 devices but 4 are available \(per slice: the 8 devices "
+                               r"form 2 slices"),
+])
+def test_impossible_multi_slice_mesh_is_refused(shape, slice_of, message):
+  with pytest.raises(sh.MeshError, match=message):
+    sh.make_mesh(shape, slice_of=slice_of)
+
+
+def test_trainer_config_accepts_dcn_data():
+  from seedcoder_jax.train import config as config_lib
+  assert "dcn_data" in config_lib.MESH_KEYS

@@ -28,7 +28,7 @@ from seedcoder_jax.train.optimizer import OptimizerConfig
 INIT_KINDS = ("random", "workdir", "hf", "gguf", "orbax")
 TOP_LEVEL = ("trainer", "seed", "stop_after_steps", "model", "init", "data", "opt", "ckpt", "eval",
              "log", "mesh", "prepare")
-MESH_KEYS = ("data", "fsdp", "tensor")
+MESH_KEYS = ("data", "fsdp", "tensor", "dcn_data")  # dcn_data: slices (sharding.device_array)
 TRAINER_DATA_KEYS = ("batch_size", "seq_len")
 STEP_OPT_KEYS = ("grad_accum_steps", "z_loss")
 
