@@ -28,7 +28,9 @@ Variants:
          a few minutes on 2 CPU cores.
   full:  a cluster run. ingest.inputs are gs:// PLACEHOLDERS (gs://YOUR_BUCKET/...): one .tar.gz
          per repository, e.g. GitHub's codeload tarballs; replace them (or pass --input) before
-         running. Paper-scale MinHash (256 permutations) and the scorer's full settings.
+         running. Paper-scale MinHash (256 permutations); the oracle through `http` (a judge
+         model of your choice: set oracle.base_url and oracle.model, refused without them) on a
+         222K-file sample, the scorer (the whole backbone) on every file and web page.
 """
 
 import os
@@ -184,6 +186,26 @@ def full() -> ml_collections.ConfigDict:
   c.commits.max_commits = 10_000
   c.web.enabled = True
   c.web.inputs = ("/mnt/warc/REPLACE_ME",)  # PLACEHOLDER: WARC files or directories (local paths)
+  # The paper's point: the model filters. A judge model of your choice behind an OpenAI-compatible
+  # endpoint (vLLM, this project's launch/serve.py) labels a sample; the scorer learns the labels
+  # and scores every file and web page. REQUIRED: --config.oracle.base_url=http://HOST:PORT/v1 and
+  # --config.oracle.model=NAME (the run is refused before any work without an endpoint).
+  c.oracle.enabled = True
+  c.oracle.backend = "http"
+  c.oracle.base_url = ""  # PLACEHOLDER: the judge's endpoint
+  c.oracle.model = "REPLACE_ME"  # PLACEHOLDER: the served model's name
+  c.oracle.sample_size = 222_000  # the paper's oracle-labelled training set
+  c.oracle.max_code_chars = 8000
+  c.oracle.max_prompt_tokens = 4096
+  c.oracle.batch_size = 64
+  c.oracle.geval_min_digit_mass = 0.1
+  c.oracle.concurrency = 32
+  c.scorer.enabled = True
+  c.scorer.n_layers = 0  # the whole pretrained backbone (set scorer.backbone to your decoder)
+  c.scorer.max_tokens = 1024
+  c.scorer.buckets = (256, 512, 1024)
+  c.scorer.batch_size = 32
+  c.scorer.shard = True  # data-parallel over each worker's local devices
   c.output.num_shards = 256
   return c
 

@@ -207,9 +207,30 @@ def test_tiny_config_plan():
   assert 15 <= len(plan.inputs) <= 30 and plan.syntax is not None and plan.decontam is not None
   full = curation_configs.get_config("full")
   assert all(p.startswith("gs://YOUR_BUCKET/") for p in full.ingest.inputs)
+  # The oracle runs through http: without an endpoint the run is refused before any work.
+  with pytest.raises(pipeline.ConfigError, match=r"config.oracle: .*backend='http' needs base_url"):
+    pipeline.make_plan(full)
+  full.oracle.base_url = "http://judge:8000/v1"
   # The placeholders are refused up front, naming them (here: no GCS filesystem or bucket).
   with pytest.raises(pipeline.ConfigError, match="gs://YOUR_BUCKET/repos/000000.tar.gz"):
     pipeline.make_plan(full)
+
+
+def test_full_config_runs_the_oracle_over_http_and_the_scorer(tmp_path):
+  """`full`: the oracle over http on a sample, the scorer (whole backbone) on everything, web pages
+  against the paper's score thresholds; builds once the endpoint and real inputs are given."""
+  full = curation_configs.get_config("full")
+  full.oracle.base_url = "http://judge:8000/v1"
+  full.oracle.model = "judge-model"
+  full.commits.enabled = False
+  full.web.inputs = (str(tmp_path),)
+  plan = pipeline.make_plan(full, inputs=[str(STDLIB / "json")])
+  assert (plan.oracle.backend, plan.oracle.base_url, plan.oracle.model) == (
+      "http", "http://judge:8000/v1", "judge-model")
+  assert plan.oracle.sample_size == 222_000
+  assert plan.scorer is not None and plan.scorer.n_layers == 0 and plan.scorer.shard
+  assert plan.drop_percentile == 10.0
+  assert plan.web.threshold_kind == "score" and dict(plan.web.thresholds)["qa"] == 5.0
 
 
 def test_stats_accounting_from_pass_counts():
