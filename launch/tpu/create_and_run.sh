@@ -3,7 +3,7 @@
 # training command on all of them (JAX finds its peers from the TPU metadata).
 #
 #   launch/tpu/create_and_run.sh NAME ZONE ACCELERATOR CONFIG WORKDIR [--config.a.b=v ...]
-#   launch/tpu/create_and_run.sh sc8b us-east5-a v5p-512 configs/pretrain.py:8b gs://BUCKET/runs/sc8b
+#   CORPUS_BUCKET=BUCKET launch/tpu/create_and_run.sh sc8b us-east5-a v5p-128 configs/pretrain.py:8b gs://BUCKET/runs/sc8b
 #
 # WORKDIR should be a gs:// path (every worker writes its checkpoint shards there). Rerunning the
 # last command after a preemption resumes from the newest checkpoint. Needs gcloud, a project with

@@ -4,7 +4,11 @@
 # the trainer resumes from WORKDIR's newest checkpoint.
 #
 #   launch/tpu/xpk.sh CLUSTER TPU_TYPE NUM_SLICES IMAGE CONFIG WORKDIR [--config.a.b=v ...]
-#   launch/tpu/xpk.sh my-cluster v5p-512 1 gcr.io/PROJECT/seedcoder-jax configs/pretrain.py:8b gs://BUCKET/runs/sc8b
+#   launch/tpu/xpk.sh my-cluster v5p-128 2 gcr.io/PROJECT/seedcoder-jax configs/pretrain.py:8b gs://BUCKET/runs/sc8b
+#
+# NUM_SLICES > 1: the mesh's data axis spans the slices over DCN (config.mesh.dcn_data=-1, the
+# default); fsdp and tensor stay inside each slice. xpk mounts no corpus: mount the bucket in the
+# pod at the /gcs/BUCKET path the config names, or put the corpus in the image.
 #
 # IMAGE is a container with this repository at /app and its requirements (+ requirements-tpu.txt)
 # installed; WORKDIR must be a gs:// path.
