@@ -54,10 +54,12 @@ def test_blocked_gradients_equal_reference():
 
 
 def test_block_size_choice():
-  assert blocked_attention.block_size(100) is None        # shorter than a block
-  assert blocked_attention.block_size(128) is None        # one block: nothing to skip
-  assert blocked_attention.block_size(512) == 128         # 4 blocks
-  assert blocked_attention.block_size(8192) == 1024       # at most 8 blocks
+  assert blocked_attention.block_size(20) is None         # shorter than a block
+  assert blocked_attention.block_size(32) is None         # one block: nothing to skip
+  assert blocked_attention.block_size(64) == 32           # 2 blocks of the minimum
+  assert blocked_attention.block_size(256) == 32          # 8 blocks (the tiny preset's rows)
+  assert blocked_attention.block_size(512) == 64          # at most 8 blocks
+  assert blocked_attention.block_size(8192) == 1024
   assert blocked_attention.block_size(300) is None        # not divisible
 
 
