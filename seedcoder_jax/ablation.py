@@ -303,8 +303,8 @@ def verdict(expect: dict, metric: dict, final: dict) -> dict:
     return out
   sign = -1.0 if metric["better"] == "lower" else 1.0
   margin = sign * (better["mean"] - worse["mean"])  # > 0: the expected direction
-  stds = [s["std"] for s in (better, worse) if s["std"] is not None]
-  if stds:
+  # The difference's noise needs the spread of both arms: an arm with one finished seed has none.
+  if better["std"] is not None and worse["std"] is not None:
     noise = math.sqrt(better["std"] ** 2 / better["n"] + worse["std"] ** 2 / worse["n"])
     if margin > 2 * noise:
       result = "reproduced"
@@ -315,7 +315,8 @@ def verdict(expect: dict, metric: dict, final: dict) -> dict:
     noise_text = f"noise (standard error of the difference) {noise:.4f} over {better['n']}+{worse['n']} seeds"
   else:
     noise, result = None, ("same direction" if margin > 0 else "opposite direction")
-    noise_text = "one seed per arm: run-to-run noise not measured, so no claim either way"
+    noise_text = (f"{better['n']}+{worse['n']} seeds: an arm with one seed has no spread, so "
+                  "run-to-run noise not measured and no claim either way")
   out.update(result=result, margin=margin, noise=noise,
              line=f"{expect['claim']}: {result} — {metric['name']} {expect['better']} "
                   f"{better['mean']:.4f} vs {expect['worse']} {worse['mean']:.4f} (margin "
