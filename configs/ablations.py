@@ -101,16 +101,27 @@ def fim_level() -> dict:
 def quality_filter() -> dict:
   stages = ["curate", "tokenizer", "pretrain", "likelihood_eval"]
   base = _base(stages)
-  base["curate"]["overrides"] = {"oracle": {"enabled": True}, "scorer": {"enabled": True}}
+  # The curation variant's own values, spelled out so that the rules-only arm may change them.
+  curation = config_files.load(f"curation:{base['curate']['variant']}")
+  base["curate"]["overrides"] = {
+      "oracle": {"enabled": True},
+      "scorer": {"enabled": True, "drop_percentile": float(curation.scorer.drop_percentile)},
+      "web": {"thresholds": {k: float(v) for k, v in curation.web.thresholds.items()}}}
   return {
       "name": "quality_filter",
       "description": "Curation with the LLM quality oracle and scorer (files below the score cut "
                      "dropped) vs rules only, same raw input; each arm trains its tokenizer and "
                      "the tiny model on its own corpus with the same token budget.",
       "stages": stages, "shared": [], "per_arm": ["curate", "tokenizer"], "base": base,
+      # Rules only: no oracle, no scorer, and no quality cut on heuristic scores either (with the
+      # scorer off, curation scores heuristically and would still drop the bottom
+      # scorer.drop_percentile % of files and each web category's bottom share by that score).
       "arms": {"llm_filter": {},
-               "rules_only": {"curate": {"overrides": {"oracle": {"enabled": False},
-                                                       "scorer": {"enabled": False}}}}},
+               "rules_only": {"curate": {"overrides": {
+                   "oracle": {"enabled": False},
+                   "scorer": {"enabled": False, "drop_percentile": 0.0},
+                   "web": {"thresholds": {"qa": 0.0, "tutorial": 0.0, "documentation": 0.0,
+                                          "other": 0.0}}}}}},
       "keys": ["curate.overrides"],
       "seeds": SEEDS, "seed_keys": ["pretrain.config.seed"],
       "metrics": [_SOLUTION_CHAR],

@@ -185,6 +185,22 @@ def test_the_paper_ablations_are_well_formed(name):
         recipe_posttrain._trainer_config(spec_file, {}, options[stage])
 
 
+def test_quality_filter_rules_only_arm_drops_nothing_by_quality_score():
+  from seedcoder_jax import recipe as recipe_lib
+  from seedcoder_jax.curation import pipeline
+  spec = config_files.load("configs/ablations.py:quality_filter").to_dict()
+  plans = {}
+  for arm in ("llm_filter", "rules_only"):
+    options = ablation.arm_options(spec, arm, 0)["curate"]
+    config = config_files.load(f"curation:{options['variant']}")
+    recipe_lib._override(config, options["overrides"])
+    plans[arm] = pipeline.make_plan(config, inputs=[str(pathlib.Path(pipeline.__file__).parent)])
+  assert plans["llm_filter"].scorer is not None and plans["llm_filter"].drop_percentile == 10.0
+  rules = plans["rules_only"]
+  assert rules.oracle is None and rules.scorer is None and rules.drop_percentile == 0.0
+  assert all(v == 0.0 for _, v in rules.web.thresholds)
+
+
 def test_target_loss_equals_a_hand_computation():
   cfg = model.preset("tiny", vocab_size=97, max_seq_len=32)
   params = model.init_params(cfg, seed=1)
