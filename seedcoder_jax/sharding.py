@@ -36,6 +36,7 @@ BATCH_AXES = ("data", "fsdp")
 
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", BATCH_AXES),
+    ("data_batch", "data"),  # a batch dim replicated over fsdp (the embedding lookup's ids)
     ("length", None),
     ("embed", "fsdp"),
     ("vocab", "tensor"),

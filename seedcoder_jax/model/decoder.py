@@ -183,9 +183,15 @@ class Decoder(nn.Module):
                kv_cache=None):
     c = self.cfg
     embed_VD = Embed(c, name="embed")()
-    # Gather from a table whose d_model dim is whole: otherwise the gradient's scatter-add needs
-    # the batch-sharded cotangent resharded over d_model, which XLA does by full replication.
-    x_BTD = jnp.take(nn.with_logical_constraint(embed_VD, ("vocab", None)), tokens_BT, axis=0)
+    # The lookup stays sharded over d_model (fsdp), as the table is: each device gathers its
+    # d_model slice for every row of its data group (token ids all-gathered over fsdp, 4 bytes a
+    # token), then one all-to-all gives it its own rows whole; the gradient goes back the same
+    # way into the d_model-sharded table. No device holds (or all-gathers, or reduce-scatters)
+    # the whole float32 [V, D] table: 2.5 GB for Seed-Coder-8B (docs/benchmarks.md).
+    tokens_BT = nn.with_logical_constraint(tokens_BT, ("data_batch", None))
+    x_BTD = jnp.take(nn.with_logical_constraint(embed_VD, (None, "embed")), tokens_BT, axis=0)
+    x_BTD = nn.with_logical_constraint(x_BTD, ("data_batch", None, "embed"))
+    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))  # the all-to-all
     index_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
     layer_args = (x_BTD, segment_ids_BT, positions_BT, index_BT)
     if self.mode == "decode":
