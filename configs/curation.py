@@ -93,6 +93,10 @@ def base() -> ml_collections.ConfigDict:
       batch_size=8,
       cache_path="",  # "" = DIR/oracle_cache.sqlite
       geval_min_digit_mass=0.5,  # geval: answers with less next-token mass on digits fail
+      # Does the filter filter? Oracle, scorer and heuristic also rate this many pairs of (real
+      # function, copy with one planted rubric defect); stats.json["planted"] and the report say
+      # how often each prefers the real one, with a 95% interval (0 = off; curation/planted.py).
+      planted_pairs=16,
   ))
   # scorer: seedcoder_jax.curation.scorer.ScorerConfig (any of its fields may be set here).
   c.scorer = ml_collections.ConfigDict(dict(
@@ -200,6 +204,7 @@ def full() -> ml_collections.ConfigDict:
   c.oracle.batch_size = 64
   c.oracle.geval_min_digit_mass = 0.1
   c.oracle.concurrency = 32
+  c.oracle.planted_pairs = 64  # +-12 points at 95%: enough to tell a judge from chance
   c.scorer.enabled = True
   c.scorer.n_layers = 0  # the whole pretrained backbone (set scorer.backbone to your decoder)
   c.scorer.max_tokens = 1024

@@ -66,6 +66,8 @@ class OracleConfig:
   out_of_range: a rating outside [0, 10] is "reject"ed (status out_of_range) or "clamp"ed.
   geval_min_digit_mass: geval answers whose next-token mass on "0".."9" is below this are
     reported as low_digit_mass (the model was not going to write a rating there).
+  planted_pairs: the pipeline also rates this many (real function, copy with one planted defect)
+    pairs and reports how often the oracle prefers the real one (curation/planted.py; 0 = off).
   """
 
   backend: str = "geval"
@@ -87,6 +89,7 @@ class OracleConfig:
   temperature: float = 0.0
   out_of_range: str = "reject"
   geval_min_digit_mass: float = 0.1
+  planted_pairs: int = 0
 
   def __post_init__(self):
     errors = []
@@ -105,6 +108,8 @@ class OracleConfig:
                     f"timeout_s={self.timeout_s} > 0")
     if not 0.0 <= self.geval_min_digit_mass <= 1.0:
       errors.append(f"geval_min_digit_mass={self.geval_min_digit_mass} must be in [0, 1]")
+    if self.planted_pairs < 0:
+      errors.append(f"planted_pairs={self.planted_pairs} must be >= 0 (0 = no planted check)")
     if self.temperature < 0:
       errors.append(f"temperature={self.temperature} must be >= 0")
     if errors:

@@ -73,6 +73,28 @@ def _table(rows, header) -> str:
   return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def planted_section(planted: dict) -> list[str]:
+  """The report's planted-defect check (curation/planted.py): one sentence per rater, then each
+  rater's accuracy per defect kind."""
+  raters = planted["raters"]
+  kinds = planted["kinds"]
+
+  def cell(acc):
+    return "-" if acc["accuracy"] is None else f"{acc['accuracy']:.2f} (n={acc['n']})"
+
+  return [
+      "<h2>Does the filter filter? Planted defects</h2>",
+      f"<p>{planted['n_pairs']} pairs: a real function ({planted['n_files']} files, "
+      f"{planted.get('from_sample', 0)} of them from the oracle sample) against a copy with one "
+      "defect of the oracle's rubric planted; a rater is right when it scores the original "
+      "higher (ties count half).</p>",
+      *[f"<p><b>{html.escape(r['sentence'])}</b></p>" for r in raters.values()],
+      _table([(k, *(cell(r["by_kind"][k]) for r in raters.values())) for k in kinds]
+             + [("all", *(cell(r["overall"]) for r in raters.values()))],
+             ["defect", *raters]),
+  ]
+
+
 def write_report(out: str | pathlib.Path, stats: dict, score_hist: list[int],
                  languages: dict[str, int], matches: list[dict]) -> pathlib.Path:
   """Writes the PNGs and report.html into local directory `out`; returns the HTML path.
@@ -92,6 +114,7 @@ def write_report(out: str | pathlib.Path, stats: dict, score_hist: list[int],
       *([f"<p><b>Score fallback ({html.escape(stats['score_fallback']['reason'])})</b>: "
          f"{html.escape(stats['score_fallback']['detail'])}</p>"]
         if "score_fallback" in stats else []),
+      *(planted_section(stats["planted"]) if "planted" in stats else []),
       "<h2>Passes</h2>",
       _table([(k, v["in"], v["kept"], v["rejected"]) for k, v in stats["passes"].items()],
              ["pass", "in", "kept", "rejected"]),
