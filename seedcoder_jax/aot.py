@@ -294,6 +294,56 @@ def involuntary_remats(log_text: str) -> list[str]:
   return list(dict.fromkeys(lines))  # The exact-FLOPs copy repeats the same warnings.
 
 
+# --- collectives in the compiled HLO ---------------------------------------------------------------
+
+COLLECTIVE_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_DTYPE_BITS = {"pred": 8, "s2": 2, "u2": 2, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "s16": 16, "u16": 16,
+               "f16": 16, "bf16": 16, "s32": 32, "u32": 32, "f32": 32, "s64": 64, "u64": 64,
+               "f64": 64, "c64": 64, "c128": 128}
+# One HLO instruction: `[ROOT] %name = TYPE opcode(operands), attributes`.
+_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\(")
+_HLO_ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9]\w*)?)\[([0-9,]*)\]")
+
+
+def _hlo_type_bytes(type_text: str) -> int:
+  """Bytes of every array in an HLO result type (`f32[8,4]{1,0}` or a tuple of them)."""
+  total = 0
+  for dtype, dims in _HLO_ARRAY.findall(type_text):
+    bits = 8 if dtype.startswith("f8") else _DTYPE_BITS.get(dtype)
+    if bits is None:
+      continue  # token[], opaque types
+    total += math.prod(int(d) for d in dims.split(",") if d) * bits // 8
+  return total
+
+
+def hlo_collectives(hlo_text: str, top: int = 5) -> dict:
+  """Count and result bytes, per kind, of the collectives in an HLO module's text.
+
+  Every instruction is counted once where it appears: a loop body (the microbatch loop, the scanned
+  layer stack) counts once, however many times it runs. Asynchronous pairs are counted by their
+  `-done` half, whose result is the collective's output (a `-start` returns the operand too); a
+  collective wrapped in `async-start`/`async-done` is counted inside its wrapped computation.
+  Returns {"per_kind": {kind: {"count", "bytes"}}, "bytes": total, "largest": [top results]}.
+  """
+  per_kind = {k: {"count": 0, "bytes": 0} for k in COLLECTIVE_KINDS}
+  found = []
+  for line in hlo_text.splitlines():
+    m = _HLO_INSTRUCTION.match(line)
+    if not m:
+      continue
+    name, type_text, opcode = m.groups()
+    kind = opcode[:-len("-done")] if opcode.endswith("-done") else opcode
+    if kind not in per_kind:
+      continue
+    size = _hlo_type_bytes(type_text)
+    per_kind[kind]["count"] += 1
+    per_kind[kind]["bytes"] += size
+    found.append((size, kind, name))
+  found.sort(key=lambda t: -t[0])
+  return {"per_kind": per_kind, "bytes": sum(v["bytes"] for v in per_kind.values()),
+          "largest": [{"name": n, "kind": k, "bytes": b} for b, k, n in found[:top]]}
+
+
 # --- compilation and the report ---------------------------------------------------------------------
 
 def _with_sharding(abstract_tree, sharding_tree):
@@ -436,6 +486,7 @@ def compile_train_step(spec: AotSpec, topology: Topology, *, timeout_s: float = 
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
   xla_flops = _flops(compiled)
+  collectives = hlo_collectives(compiled.as_text())
   del compiled
   counted_once = spec.model.scan_layers and spec.model.n_layers > 1
   all_layers = None if counted_once else xla_flops
@@ -468,6 +519,11 @@ def compile_train_step(spec: AotSpec, topology: Topology, *, timeout_s: float = 
       "estimate_formula": "ModelConfig.flops_per_token * tokens: 6*N (N without the input "
                           "embedding) + causal attention; no remat recompute",
       "xla_over_estimate": None if xla_global is None else round(xla_global / estimate, 4),
+      # Result bytes of the collectives per device, each HLO instruction once (loop bodies once).
+      "collectives": collectives["per_kind"],
+      "collective_bytes_per_device": collectives["bytes"],
+      "collectives_largest": collectives["largest"],
+      "collectives_counted": "static: each HLO instruction once, a loop body once",
       "involuntary_full_rematerializations": involuntary_remats("".join(log)),
       "lower_s": round(lower_s, 1),
       "compile_s": round(compile_s, 1),

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from seedcoder_jax import aot
@@ -155,6 +156,11 @@ def test_tiny_train_step_compiles_for_v5e_8():
   # count lies above the 6*N*tokens + causal-attention estimate, within a factor of two.
   assert 1.0 < report["xla_over_estimate"] < 2.0
   assert report["involuntary_full_rematerializations"] == []
+  # FSDP over 4 chips gathers the weights: the HLO's collectives are counted into the report.
+  assert set(report["collectives"]) == set(aot.COLLECTIVE_KINDS)
+  assert report["collectives"]["all-gather"]["count"] > 0
+  assert report["collective_bytes_per_device"] == sum(
+      v["bytes"] for v in report["collectives"].values()) > 0
 
 
 @needs_libtpu
@@ -265,3 +271,55 @@ def test_multi_slice_step_compiles_with_the_data_axis_across_slices():
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["num_slices"] == 2 and report["n_chips"] == report["n_devices"] == 8
   assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and report["fits"] is True
+
+
+def test_hlo_collectives_parses_sync_async_and_tuple_results():
+  text = textwrap.dedent("""\
+      ENTRY %main {
+        %p = f32[8,16]{1,0} parameter(0)
+        %all-gather.1 = f32[64,16]{1,0} all-gather(f32[8,16]{1,0} %p), dimensions={0}
+        %ags = (f32[8,16]{1,0}, bf16[64,16]{1,0:T(8,128)(2,1)}) all-gather-start(%p), dimensions={0}
+        %agd = bf16[64,16]{1,0:T(8,128)(2,1)} all-gather-done(%ags)
+        %ar = (f32[4]{0}, /*index=1*/s32[2]{0}) all-reduce(%a, %b), to_apply=%add
+        %rs = bf16[2,3]{1,0} reduce-scatter(%q), dimensions={0}, to_apply=%add
+        %all-reduce-start.2 = f32[5]{0} all-reduce-start(%c), to_apply=%add
+        %all-reduce-done.2 = f32[5]{0} all-reduce-done(%all-reduce-start.2)
+        ROOT %cp-done = u8[10]{0} collective-permute-done(%cps)
+      }
+      """)
+  got = aot.hlo_collectives(text, top=2)
+  assert got["per_kind"] == {
+      "all-gather": {"count": 2, "bytes": 64 * 16 * 4 + 64 * 16 * 2},
+      "reduce-scatter": {"count": 1, "bytes": 12},
+      "all-reduce": {"count": 2, "bytes": 4 * 4 + 2 * 4 + 5 * 4},
+      "all-to-all": {"count": 0, "bytes": 0},
+      "collective-permute": {"count": 1, "bytes": 10}}
+  assert got["bytes"] == 4096 + 2048 + 12 + 44 + 10
+  assert got["largest"] == [{"name": "all-gather.1", "kind": "all-gather", "bytes": 4096},
+                            {"name": "agd", "kind": "all-gather", "bytes": 2048}]
+
+
+def test_hlo_collectives_of_a_sharded_cpu_compile():
+  """8 fake CPU devices: an explicit all-gather, reduce-scatter and all-reduce, bytes by hand."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top,g-multiple-import
+  assert jax.device_count() == 8
+  mesh = Mesh(np.array(jax.devices()), ("d",))
+
+  # f32 throughout: XLA:CPU runs a bf16 reduce-scatter in f32 (converts around it).
+  def body(x, y):  # per device: x [8, 16], y [64, 32]
+    gathered = jax.lax.all_gather(x, "d", tiled=True)           # [64, 16] f32: 4096 bytes
+    scattered = jax.lax.psum_scatter(y, "d", tiled=True)        # [8, 32] f32: 1024 bytes
+    total = jax.lax.psum(jnp.sum(gathered, axis=0), "d")        # [16] f32: 64 bytes
+    return gathered * total, scattered
+
+  fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P("d"), P(None)),
+                             out_specs=(P(None), P("d")), check_vma=False))
+  x = jax.ShapeDtypeStruct((64, 16), jnp.float32, sharding=NamedSharding(mesh, P("d")))
+  y = jax.ShapeDtypeStruct((64, 32), jnp.float32, sharding=NamedSharding(mesh, P(None)))
+  got = aot.hlo_collectives(fn.lower(x, y).compile().as_text())["per_kind"]
+  assert got["all-gather"] == {"count": 1, "bytes": 64 * 16 * 4}
+  assert got["reduce-scatter"] == {"count": 1, "bytes": 8 * 32 * 4}
+  assert got["all-reduce"] == {"count": 1, "bytes": 16 * 4}
+  assert got["all-to-all"]["count"] == got["collective-permute"]["count"] == 0
