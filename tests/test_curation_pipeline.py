@@ -267,9 +267,10 @@ def test_beam_options_pass_through():
 def test_oracle_and_scorer_between_passes(tmp_path):
   """The driver step between the Beam passes: G-Eval labels from the packaged SmolLM2 on a
   sample, a 1-layer scorer trained on them, every record scored by it, the bottom 10% of files
-  dropped; a rerun reuses everything."""
+  dropped, oracle, scorer and heuristic rating planted-defect pairs; a rerun reuses everything."""
   c = _config(**{"oracle.enabled": True, "oracle.sample_size": 12, "oracle.max_code_chars": 400,
                  "oracle.max_prompt_tokens": 320, "oracle.geval_min_digit_mass": 0.05,
+                 "oracle.planted_pairs": 8,
                  "scorer.enabled": True, "scorer.n_layers": 1, "scorer.max_tokens": 64,
                  "scorer.buckets": (64,), "repo.min_mean_score": 0.0})
   inputs = [str(STDLIB / p) for p in ("json", "html", "email")]
@@ -285,6 +286,11 @@ def test_oracle_and_scorer_between_passes(tmp_path):
   assert 0.0 <= corpus.scores.min() and corpus.scores.max() <= 10.0 and corpus.scores.std() > 0
   oracle_lines = (tmp_path / "stages" / "scorer" / "oracle.jsonl").read_text().splitlines()
   assert len(oracle_lines) == 12
+  planted = stats["planted"]
+  assert planted["n_pairs"] == 8 and list(planted["raters"]) == ["oracle", "scorer", "heuristic"]
+  for rater in planted["raters"].values():
+    assert rater["overall"]["n"] + rater["overall"]["unrated"] == 8
+    assert rater["sentence"] in (tmp_path / "report.html").read_text()
   assert pipeline.run(c, str(tmp_path), inputs=inputs) == stats
 
 
@@ -312,5 +318,7 @@ def test_oracle_that_parses_nothing_falls_back_to_the_heuristic(tmp_path, monkey
   assert "0 of 4 oracle answers usable (statuses: unparsable 4)" in stats["score_fallback"]["detail"]
   assert json.loads((tmp_path / "cur" / "stats.json").read_text()) == stats
   assert "oracle_parsed_nothing" in (tmp_path / "cur" / "report.html").read_text()
+  assert stats["planted"]["raters"]["oracle"]["sentence"] == \
+      "The oracle rated no planted pair on both sides (16 unrated)."
   corpus = corpus_lib.open_corpus(tmp_path / "cur" / "corpus")
   assert corpus.metadata["score_kind"] == "heuristic" and len(corpus) == stats["kept"] > 0

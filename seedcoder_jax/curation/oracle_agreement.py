@@ -21,8 +21,10 @@ characters, 384-token prompts, sampler greedy with 128 new tokens):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import os
 import time
 from typing import Mapping, Sequence
 
@@ -108,6 +110,32 @@ def stdlib_sample(n: int, seed: int = 0) -> list[dict]:
   return sorted(records, key=lambda r: oracle_lib.sample_key(r["id"], seed))[:n]
 
 
+def planted_main(f) -> dict:
+  """--planted: every defect kind on --n stdlib functions, rated by each backend (G-Eval: with
+  planted.check_oracle_config's room, so no side is cut), the heuristic and --scorer_dir."""
+  import platform
+  from seedcoder_jax.curation import oracle as oracle_lib
+  from seedcoder_jax.curation import oracle_backends, planted
+  cfg = oracle_lib.OracleConfig(model=f.model, cache_path=f.cache, max_code_chars=f.max_code_chars,
+                                max_prompt_tokens=384, max_new_tokens=f.max_new_tokens)
+  cache = oracle_lib.OracleCache(f.cache) if f.cache else None
+  raters = {}
+  for name in f.backends:
+    ccfg = planted.check_oracle_config(dataclasses.replace(cfg, backend=name))
+    raters[name] = planted.oracle_rater(oracle_backends.make_backend(ccfg), ccfg, cache=cache,
+                                        template=oracle_lib.load_prompt_template(cfg.prompt_path))
+  if f.scorer_dir:
+    from seedcoder_jax.curation import scorer as scorer_lib
+    raters["scorer"] = planted.scorer_rater(scorer_lib.load_scorer(f.scorer_dir))
+  raters["heuristic"] = planted.heuristic_rater
+  start = time.perf_counter()
+  result = planted.check(planted.stdlib_records(), raters, n_files=f.n,
+                         max_chars=planted.snippet_chars(cfg), all_kinds=True)
+  return {**result, "model": f.model, "seconds": round(time.perf_counter() - start, 1),
+          "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
 def main(argv=None):
   from absl import app, flags  # pylint: disable=g-import-not-at-top
 
@@ -117,11 +145,18 @@ def main(argv=None):
   flags.DEFINE_string("cache", "", "SQLite answer cache ('' = none)")
   flags.DEFINE_integer("max_code_chars", 600, "file characters in the prompt")
   flags.DEFINE_integer("max_new_tokens", 128, "sampler: new tokens per answer")
+  flags.DEFINE_bool("planted", False, "rate planted-defect pairs (curation/planted.py) instead: "
+                    "--n files x every defect kind, each rater's pairwise accuracy")
+  flags.DEFINE_string("scorer_dir", "", "--planted: also rate with this trained scorer "
+                      "(e.g. a curation run's DIR/stages/scorer/model)")
 
   def run(_):
     from seedcoder_jax.curation import oracle as oracle_lib
     from seedcoder_jax.curation import oracle_backends
     f = flags.FLAGS
+    if f.planted:
+      print(json.dumps(planted_main(f), sort_keys=True))
+      return
     records = stdlib_sample(f.n)
     annotated, seconds = {}, {}
     for name in f.backends:

@@ -103,7 +103,8 @@ def output_step(plan, workdir: str, scoring: dict, pass_counts: dict) -> dict:
   stats = stats_lib.build_stats(
       {"filter": pass_counts["filter"], "score": pass_counts["score"]},
       extra={"score_source": scoring["score_source"],
-             **{k: scoring[k] for k in ("oracle", "scorer", "score_fallback") if k in scoring},
+             **{k: scoring[k] for k in ("oracle", "planted", "scorer", "score_fallback")
+                if k in scoring},
              "kept_by_language": languages,
              "repo_records": out.get(f"output/{REPO_CORPUS}", 0),
              "decontamination_matches": n_matches, "outputs": outputs})

@@ -353,13 +353,14 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
   (DIR/stages/filter/oracle_sample.jsonl: only the sample is read here; answers cached in
   DIR/oracle_cache.sqlite, so a rerun never pays twice), the scorer trains on the labels and is
   saved under DIR/stages/scorer/model (or scorer.checkpoint_dir), which the score pass loads
-  once per worker.
+  once per worker. With oracle.planted_pairs > 0, oracle, scorer and heuristic also rate
+  planted-defect pairs (curation/planted.py): "planted" in stats.json and the report.
   """
   heuristic = {"score_source": "heuristic", "score": source_files.SCORE_DESCRIPTION}
   if plan.oracle is None:
     return heuristic
   from seedcoder_jax.curation import oracle as oracle_lib
-  from seedcoder_jax.curation import oracle_backends
+  from seedcoder_jax.curation import oracle_backends, planted
   ocfg = plan.oracle
   if not ocfg.cache_path:  # SQLite needs a local file: a gs:// DIR keeps it in the temp dir
     local = workdir if _is_local(workdir) else os.path.join(
@@ -384,7 +385,7 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
       json.dumps({k: v for k, v in r.items() if k != "text"}, ensure_ascii=False) + "\n"
       for r in annotated))
   if plan.scorer is None:  # labels only (e.g. to check the oracle); scores stay heuristic
-    return {**heuristic, "oracle": summary}
+    return {**heuristic, "oracle": summary, **planted.pipeline_check(ocfg, sample)}
   if summary["labelled"] == 0:
     # Nothing to train on (a judge that never writes the rating format, a dead endpoint): the run
     # goes on with heuristic scores and stats.json says why, rather than dying in the scorer.
@@ -393,7 +394,8 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
               f"{', '.join(f'{k} {v}' for k, v in summary['statuses'].items()) or 'none'}); "
               f"scores fall back to the heuristic")
     _progress(f"WARNING: {reason}: {detail}")
-    return {**heuristic, "oracle": summary, "score_fallback": {"reason": reason, "detail": detail}}
+    return {**heuristic, "oracle": summary, "score_fallback": {"reason": reason, "detail": detail},
+            **planted.pipeline_check(ocfg, sample)}
   from seedcoder_jax.curation import scorer as scorer_lib
   scfg = plan.scorer
   if not scfg.checkpoint_dir:
@@ -406,7 +408,8 @@ def _scorer_step(plan: Plan, workdir: str) -> dict:
           "score": f"quality scorer ({scfg.backbone}, {scfg.n_layers} layers) trained on "
                    f"{ocfg.backend} oracle labels of {ocfg.model}",
           "checkpoint_dir": scfg.checkpoint_dir, "scorer_config": scfg.to_dict(),
-          "oracle": summary, "scorer": train_report}
+          "oracle": summary, "scorer": train_report,
+          **planted.pipeline_check(ocfg, sample, scorer)}
 
 
 def _score_pass(p, plan: Plan, workdir: str, scoring: dict, index: dict | None) -> None:
