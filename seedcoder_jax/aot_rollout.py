@@ -29,7 +29,7 @@ from seedcoder_jax.sampling import rollout
 def abstract_decode_state(cfg, mesh, slots: int, cache_len: int) -> dict:
   """ShapeDtypeStructs (with shardings) of the engine's decode state."""
   dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-  shape = (cfg.n_layers, slots, cache_len, cfg.n_kv_heads, cfg.head_dim)
+  shape = kv_cache.shape(cfg, slots, cache_len)
   cache_sh = sharding_lib.logical_to_sharding(
       {"k": P(*kv_cache.CACHE_AXES), "v": P(*kv_cache.CACHE_AXES), "valid": P("batch", "length")},
       mesh)
@@ -38,7 +38,7 @@ def abstract_decode_state(cfg, mesh, slots: int, cache_len: int) -> dict:
   keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), slots))
   sds = lambda s, d, sh: jax.ShapeDtypeStruct(s, d, sharding=sh)
   return {"cache": {"k": sds(shape, dtype, cache_sh["k"]), "v": sds(shape, dtype, cache_sh["v"]),
-                    "valid": sds(shape[1:3], jnp.bool_, cache_sh["valid"])},
+                    "valid": sds((slots, cache_len), jnp.bool_, cache_sh["valid"])},
           "token": sds((slots,), jnp.int32, row), "position": sds((slots,), jnp.int32, row),
           "step": sds((slots,), jnp.int32, row), "keys": sds(keys.shape, keys.dtype, row),
           "index": sds((), jnp.int32, rep), "temperature": sds((), jnp.float32, rep)}

@@ -91,9 +91,10 @@ def attention(q_BTHD, k_BSKD, v_BSKD, *, q_segment_ids_BT, kv_segment_ids_BS, q_
   raise ValueError(f"unknown attention implementation {impl!r}")
 
 
-def cached_attention(q_BTHD, k_BTKD, v_BTKD, k_cache_BSKD, v_cache_BSKD, valid_BS):
+def cached_attention(q_BTHD, k_BTKD, v_BTKD, k_cache_BKSD, v_cache_BKSD, valid_BS):
   """Decode-step attention: T new queries over the cache's valid entries plus their own keys.
 
+  The cache is head-major ([B, K, S, Dh], model/kv_cache.py), the layout the two matmuls read.
   The new keys and values are not yet in the cache (the caller writes them after the layer
   scan, one in-place update for all layers), so they are scored separately and joined before
   the softmax; this reads the cache once and never copies it. Only T == 1 is supported: with
@@ -102,18 +103,18 @@ def cached_attention(q_BTHD, k_BTKD, v_BTKD, k_cache_BSKD, v_cache_BSKD, valid_B
   b, t, h, d = q_BTHD.shape
   if t != 1:
     raise ValueError(f"cached_attention decodes one token per row, got {t} queries")
-  n_kv = k_cache_BSKD.shape[2]
-  q_BTKGD = q_BTHD.reshape(b, t, n_kv, h // n_kv, d)
+  n_kv = k_cache_BKSD.shape[1]
+  q_BKGD = q_BTHD.reshape(b, n_kv, h // n_kv, d)
   scale = d ** -0.5
-  cache_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_cache_BSKD,
-                           preferred_element_type=jnp.float32) * scale
-  cache_BKGTS = jnp.where(valid_BS[:, None, None, None, :], cache_BKGTS, jnp.finfo(jnp.float32).min)
-  self_BKGT1 = jnp.einsum("btkgd,btkd->bkgt", q_BTKGD, k_BTKD,
-                          preferred_element_type=jnp.float32)[..., None] * scale
-  probs_BKGTS = jax.nn.softmax(jnp.concatenate([cache_BKGTS, self_BKGT1], axis=-1), axis=-1)
-  s = k_cache_BSKD.shape[1]
-  out_BTKGD = jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS[..., :s].astype(v_cache_BSKD.dtype),
-                         v_cache_BSKD, preferred_element_type=jnp.float32)
-  out_BTKGD += jnp.einsum("bkgt,btkd->btkgd", probs_BKGTS[..., s].astype(v_BTKD.dtype), v_BTKD,
-                          preferred_element_type=jnp.float32)
-  return out_BTKGD.reshape(b, t, h, d).astype(q_BTHD.dtype)
+  cache_BKGS = jnp.einsum("bkgd,bksd->bkgs", q_BKGD, k_cache_BKSD,
+                          preferred_element_type=jnp.float32) * scale
+  cache_BKGS = jnp.where(valid_BS[:, None, None, :], cache_BKGS, jnp.finfo(jnp.float32).min)
+  self_BKG1 = jnp.einsum("bkgd,bkd->bkg", q_BKGD, k_BTKD[:, 0],
+                         preferred_element_type=jnp.float32)[..., None] * scale
+  probs_BKGS = jax.nn.softmax(jnp.concatenate([cache_BKGS, self_BKG1], axis=-1), axis=-1)
+  s = k_cache_BKSD.shape[2]
+  out_BKGD = jnp.einsum("bkgs,bksd->bkgd", probs_BKGS[..., :s].astype(v_cache_BKSD.dtype),
+                        v_cache_BKSD, preferred_element_type=jnp.float32)
+  out_BKGD += jnp.einsum("bkg,bkd->bkgd", probs_BKGS[..., s].astype(v_BTKD.dtype), v_BTKD[:, 0],
+                         preferred_element_type=jnp.float32)
+  return out_BKGD.reshape(b, t, h, d).astype(q_BTHD.dtype)

@@ -87,14 +87,14 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
   """Grouped-query attention. `mode` "train" is the plain forward; "prefill" also returns this
   layer's keys and values (for a KV cache); "decode" attends T=1 new queries to a cache
-  (k_cache_BSKD, v_cache_BSKD, whose valid entries cache_valid_BS marks) plus themselves."""
+  (k_cache_BKSD, v_cache_BKSD, whose valid entries cache_valid_BS marks) plus themselves."""
 
   cfg: ModelConfig
   mode: str = "train"
 
   @nn.compact
-  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT, k_cache_BSKD=None,
-               v_cache_BSKD=None, cache_valid_BS=None):
+  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT, k_cache_BKSD=None,
+               v_cache_BKSD=None, cache_valid_BS=None):
     c = self.cfg
     d, h, k, dh = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
     q_BTHD = DenseGeneral((d, h, dh), ("embed", "q_heads", "head_dim"), "btd,dhk->bthk", c,
@@ -112,7 +112,7 @@ class Attention(nn.Module):
     k_BTKD = nn.with_logical_constraint(k_BTKD, ("batch", "length", "kv_heads", "head_dim"))
     v_BTKD = nn.with_logical_constraint(v_BTKD, ("batch", "length", "kv_heads", "head_dim"))
     if self.mode == "decode":
-      out_BTHD = attention_lib.cached_attention(q_BTHD, k_BTKD, v_BTKD, k_cache_BSKD, v_cache_BSKD,
+      out_BTHD = attention_lib.cached_attention(q_BTHD, k_BTKD, v_BTKD, k_cache_BKSD, v_cache_BKSD,
                                                 cache_valid_BS)
     else:
       out_BTHD = attention_lib.attention(
@@ -151,16 +151,16 @@ class Block(nn.Module):
   mode: str = "train"
 
   @nn.compact
-  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT, k_cache_BSKD=None,
-               v_cache_BSKD=None, cache_valid_BS=None):
+  def __call__(self, x_BTD, segment_ids_BT, positions_BT, index_BT, k_cache_BKSD=None,
+               v_cache_BKSD=None, cache_valid_BS=None):
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
     h_BTD = RMSNorm(self.cfg.rms_norm_eps, name="attn_norm")(x_BTD)
     attn = Attention(self.cfg, self.mode, name="attn")
     if self.mode == "train":
       attn_BTD, new_kv = attn(h_BTD, segment_ids_BT, positions_BT, index_BT), None
     else:
-      attn_BTD, new_kv = attn(h_BTD, segment_ids_BT, positions_BT, index_BT, k_cache_BSKD,
-                              v_cache_BSKD, cache_valid_BS)
+      attn_BTD, new_kv = attn(h_BTD, segment_ids_BT, positions_BT, index_BT, k_cache_BKSD,
+                              v_cache_BKSD, cache_valid_BS)
     x_BTD = x_BTD + attn_BTD
     h_BTD = RMSNorm(self.cfg.rms_norm_eps, name="mlp_norm")(x_BTD)
     x_BTD = x_BTD + MLP(self.cfg, name="mlp")(h_BTD)
@@ -172,7 +172,7 @@ class Decoder(nn.Module):
 
   "prefill" and "decode" (the sampler's path, see model/kv_cache.py) return the logits of the
   last position only, [B, 1, V], with the stacked new keys and values ([L, B, T, K, Dh] each);
-  "decode" takes the cache as `kv_cache` = (k_LBSKD, v_LBSKD, valid_BS).
+  "decode" takes the cache as `kv_cache` = (k_LBKSD, v_LBKSD, valid_BS).
   """
 
   cfg: ModelConfig
@@ -195,7 +195,7 @@ class Decoder(nn.Module):
     index_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
     layer_args = (x_BTD, segment_ids_BT, positions_BT, index_BT)
     if self.mode == "decode":
-      k_cache_LBSKD, v_cache_LBSKD, valid_BS = kv_cache
+      k_cache_LBKSD, v_cache_LBKSD, valid_BS = kv_cache
 
     block = Block
     if c.remat != "none" and self.mode == "train":
@@ -204,7 +204,7 @@ class Decoder(nn.Module):
       in_axes = (nn.broadcast, nn.broadcast, nn.broadcast)
       if self.mode == "decode":
         in_axes += (0, 0, nn.broadcast)
-        layer_args += (k_cache_LBSKD, v_cache_LBSKD, valid_BS)
+        layer_args += (k_cache_LBKSD, v_cache_LBKSD, valid_BS)
       layers = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
           in_axes=in_axes, length=c.n_layers,
@@ -215,7 +215,7 @@ class Decoder(nn.Module):
       for i in range(c.n_layers):
         cache_args = ()
         if self.mode == "decode":
-          cache_args = (k_cache_LBSKD[i], v_cache_LBSKD[i], valid_BS)
+          cache_args = (k_cache_LBKSD[i], v_cache_LBKSD[i], valid_BS)
         x_BTD, kv = block(c, self.mode, name=f"layers_{i}")(x_BTD, *layer_args[1:], *cache_args)
         new.append(kv)
       new_kv = None if self.mode == "train" else jax.tree.map(lambda *xs: jnp.stack(xs), *new)

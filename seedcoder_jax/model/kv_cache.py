@@ -1,8 +1,13 @@
 """A preallocated KV cache for the decoder: prefill a padded prompt batch, then decode one token.
 
 The cache is a dict of arrays:
-  k, v   [L, B, S, K, Dh]   keys (after RoPE) and values of every layer, in the compute dtype
+  k, v   [L, B, K, S, Dh]   keys (after RoPE) and values of every layer, in the compute dtype
   valid  [B, S] bool        which cache slots hold a real token of that row
+
+Head-major (K before S): each (row, kv head) reads its S x Dh block contiguously, which is the
+operand layout of the decode step's attention matmuls, so no layer's cache is transposed per
+step (with [L, B, S, K, Dh] XLA:CPU copied every layer's cache to head-major on every step: the
+step time grew 3.6x from 256 to 1,024 cache columns at SmolLM2's shape, docs/benchmarks.md).
 
 S is fixed when the cache is made, so every decode step has one shape and compiles once. Rows
 may be padded anywhere (the sampler left-pads): a padded slot is simply not `valid`, and each
@@ -20,7 +25,12 @@ import jax.numpy as jnp
 from seedcoder_jax.model.config import ModelConfig
 from seedcoder_jax.model.decoder import Decoder
 
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
+
+
+def shape(cfg: ModelConfig, rows: int, length: int) -> tuple[int, ...]:
+  """The k and v arrays' shape [L, B, K, S, Dh]; valid is [B, S]."""
+  return (cfg.n_layers, rows, cfg.n_kv_heads, length, cfg.head_dim)
 
 
 def constrain(cache):
@@ -43,8 +53,9 @@ def prefill(cfg: ModelConfig, params, tokens_BT, segment_ids_BT, positions_BT, c
     raise ValueError(f"prompt length {t} exceeds the cache length {cache_len}")
   logits_B1V, (k_LBTKD, v_LBTKD) = Decoder(cfg, "prefill").apply(
       {"params": params}, tokens_BT, segment_ids_BT, positions_BT)
-  pad = ((0, 0), (0, 0), (0, cache_len - t), (0, 0), (0, 0))
-  cache = {"k": jnp.pad(k_LBTKD, pad), "v": jnp.pad(v_LBTKD, pad),
+  pad = ((0, 0), (0, 0), (0, 0), (0, cache_len - t), (0, 0))
+  head_major = lambda x_LBTKD: jnp.pad(x_LBTKD.transpose(0, 1, 3, 2, 4), pad)
+  cache = {"k": head_major(k_LBTKD), "v": head_major(v_LBTKD),
            "valid": jnp.pad(segment_ids_BT != 0, ((0, 0), (0, cache_len - t)))}
   return logits_B1V[:, 0], constrain(cache)
 
@@ -61,10 +72,12 @@ def decode_step(cfg: ModelConfig, params, cache, tokens_B, positions_B, index):
       {"params": params}, tokens_B1, jnp.ones_like(tokens_B1), positions_B1,
       kv_cache=(cache["k"], cache["v"], cache["valid"]))
   zero = jnp.zeros((), jnp.int32)
-  start = (zero, zero, jnp.asarray(index, jnp.int32), zero, zero)
+  start = (zero, zero, zero, jnp.asarray(index, jnp.int32), zero)
   b = tokens_B.shape[0]
-  cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_LB1KD.astype(cache["k"].dtype), start),
-           "v": jax.lax.dynamic_update_slice(cache["v"], v_LB1KD.astype(cache["v"].dtype), start),
+  def write(old_LBKSD, new_LB1KD):
+    new_LBK1D = new_LB1KD.transpose(0, 1, 3, 2, 4).astype(old_LBKSD.dtype)
+    return jax.lax.dynamic_update_slice(old_LBKSD, new_LBK1D, start)
+  cache = {"k": write(cache["k"], k_LB1KD), "v": write(cache["v"], v_LB1KD),
            "valid": jax.lax.dynamic_update_slice(cache["valid"], jnp.ones((b, 1), bool),
                                                  (zero, jnp.asarray(index, jnp.int32)))}
   return logits_B1V[:, 0], constrain(cache)

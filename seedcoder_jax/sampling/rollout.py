@@ -97,7 +97,7 @@ def _select(logits_BV, keys_B, step_B, temperature, kind):
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _prefill(params, tokens_PT, segment_ids_PT, positions_PT, *, cfg):
-  """The prompts' last logits [P, V] and their keys/values ([L, P, T, K, Dh], valid [P, T])."""
+  """The prompts' last logits [P, V] and their keys/values ([L, P, K, T, Dh], valid [P, T])."""
   logits_PV, cache = kv_cache.prefill(cfg, params, tokens_PT, segment_ids_PT, positions_PT,
                                       tokens_PT.shape[1])
   return logits_PV, cache
@@ -105,9 +105,9 @@ def _prefill(params, tokens_PT, segment_ids_PT, positions_PT, *, cfg):
 
 @functools.partial(jax.jit, static_argnames=("shape", "dtype"))
 def _empty_cache(shape, dtype):
-  """An all-invalid cache [L, B, C, K, Dh] made on the devices under its logical sharding."""
+  """An all-invalid cache (k, v [L, B, K, C, Dh]) made on the devices under its logical sharding."""
   return kv_cache.constrain({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-                             "valid": jnp.zeros(shape[1:3], bool)})
+                             "valid": jnp.zeros((shape[1], shape[3]), bool)})
 
 
 @functools.partial(jax.jit, static_argnames=("kind",), donate_argnums=(0,))
@@ -128,10 +128,10 @@ def _admit(state, logits_PV, prompt, src_B, prompt_B, sample_B, length_B, seed, 
   in_prompt_C = j_C < t
   j_C = jnp.minimum(j_C, t - 1)
 
-  def place(old_LBCKD, new_LPTKD):
-    new_LBCKD = jnp.take(new_LPTKD[:, src_B], j_C, axis=2)
+  def place(old_LBKCD, new_LPKTD):
+    new_LBKCD = jnp.take(new_LPKTD[:, src_B], j_C, axis=3)
     take_BC = admit_B[:, None] & in_prompt_C[None, :]
-    return jnp.where(take_BC[None, :, :, None, None], new_LBCKD.astype(old_LBCKD.dtype), old_LBCKD)
+    return jnp.where(take_BC[None, :, None, :, None], new_LBKCD.astype(old_LBKCD.dtype), old_LBKCD)
 
   valid_BC = jnp.take(prompt["valid"][src_B], j_C, axis=1) & in_prompt_C[None, :]
   cache = {"k": place(cache["k"], prompt["k"]), "v": place(cache["v"], prompt["v"]),
@@ -245,8 +245,8 @@ class RolloutEngine:
   def _initial_state(self, temperature):
     c, b, cfg = self.max_len, self.slots, self.cfg
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-    shape = (cfg.n_layers, b, c, cfg.n_kv_heads, cfg.head_dim)
-    # The cache's rows are its axis 1 ([L, B, C, K, Dh]): it is made on the devices under its
+    shape = kv_cache.shape(cfg, b, c)
+    # The cache's rows are its axis 1 ([L, B, K, C, Dh]): it is made on the devices under its
     # own logical sharding, not placed as a batch (whose rows are axis 0).
     cache = _empty_cache(shape, jnp.dtype(dtype))
     rows = self._place({"token": np.zeros(b, np.int32),
