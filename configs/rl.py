@@ -104,8 +104,9 @@ def seed_coder_8b(c):
   # (launch/aot_compile.py --config=configs/rl.py:8b --topology=v5p-128 --seq_len=17408).
   c.rl.mini_batches = 4
   c.opt.grad_accum_steps = 8
-  # Stage 0's decode chunk (1,024 rows x 17K cache) compiles at 78.8 GiB/chip of v5p's 95
-  # (launch/aot_compile.py ... --decode, docs/benchmarks.md); stage 1's 32K cache would need 512.
+  # The decode chunk at the engine's cache for both stages (1,024 rows x 33,792 columns: a 1K
+  # prompt bucket + 32K) compiles at 71.3 GiB/chip of v5p's 95 with the optimizer state
+  # (launch/aot_compile.py ... --seq_len=33792 --decode, docs/benchmarks.md).
   c.rl.rollout_slots = 1024
   c.rl.reward_workers = 256
   c.rl.eval_every = 10
