@@ -25,9 +25,8 @@ Variants:
                  matmuls, full remat, splash attention; 37.1 GiB per chip as compiled here with
                  `python launch/aot_compile.py --config=configs/pretrain.py:8b --topology=v5p-128`
                  (add `--num_slices=2` for two slices over DCN: mesh.dcn_data). `8b_phase2` is its
-                 32K continued pretraining (256 x 32K, 4 microbatches; 41.2 GiB per chip on
-                 v5p-128, compiled before the d_model-sharded embedding lookup). Launching:
-                 docs/pods.md.
+                 32K continued pretraining (256 x 32K, 4 microbatches; 37.3 GiB per chip on
+                 v5p-128). Launching: docs/pods.md.
   8b_gpu, 8b_phase2_gpu: the same runs on NVIDIA GPUs (launch/gpu/train.slurm) with cuDNN
                  attention (phase 2 at 32K: the blocked pure-JAX "flash") instead of the TPU-only
                  splash kernel; the trainer refuses splash off TPU and cuDNN on TPU before compiling.
@@ -246,8 +245,7 @@ def seed_coder_8b(c, *, phase: int, gpu: bool = False):
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   # 4 microbatches per step, so that the step fits v5p-128 (64 chips) as written: phase 1 4 x 8K
   # rows per chip per microbatch (37.1 GiB per chip; all 16 at once would need >= 122.7 GiB),
-  # phase 2 one 32K row (41.2 GiB before the embedding change). docs/benchmarks.md, "AOT
-  # compilation".
+  # phase 2 one 32K row (37.3 GiB). docs/benchmarks.md, "AOT compilation".
   c.opt.grad_accum_steps = 4
   c.ckpt.update(every_steps=1000, keep=3)
   c.eval.update(every_steps=1000, batches=16)
