@@ -196,3 +196,26 @@ def test_two_processes_through_launcher_on_real_pipeline_match_one_process(tmp_p
   rtol = f32_rtol(B * T)
   for step in one:
     assert math.isclose(two[step], one[step], rel_tol=rtol), (step, rtol, two, one)
+
+
+@pytest.mark.slow
+def test_two_processes_across_a_tensor_axis_through_launcher_match_one_process(tmp_path, real_data):
+  """2 processes x 2 CPU devices with mesh tensor:4 (the tensor axis crosses the processes): both
+  hold every row, so both load the whole batch (one data shard) through the real pipeline; the
+  losses equal a 1-process run's on the same pipeline (8 devices, fsdp 2 x tensor 4)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  steps = 4
+  over = {**real_data, "opt.total_steps": steps, "ckpt.every_steps": 0}
+  outs = _wait([_launch(tmp_path / "two", {**over, "mesh.fsdp": 1, "mesh.tensor": 4},
+                        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                        JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+                for i in range(2)])
+  assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 4}" in outs[0]
+  trainer.run(_config({**over, "mesh.fsdp": 2, "mesh.tensor": 4}), tmp_path / "one")
+  two, one = losses_by_step(tmp_path / "two"), losses_by_step(tmp_path / "one")
+  assert sorted(two) == sorted(one) == list(range(1, steps + 1))
+  rtol = f32_rtol(B * T)  # as in the fsdp test above: reassociation only
+  for step in one:
+    assert math.isclose(two[step], one[step], rel_tol=rtol), (step, rtol, two, one)
