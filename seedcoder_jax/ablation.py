@@ -314,7 +314,10 @@ def verdict(expect: dict, metric: dict, final: dict) -> dict:
       result = "within noise"
     noise_text = f"noise (standard error of the difference) {noise:.4f} over {better['n']}+{worse['n']} seeds"
   else:
-    noise, result = None, ("same direction" if margin > 0 else "opposite direction")
+    # An exact tie (e.g. arms that never differed in a batch) is neither direction.
+    noise = None
+    result = ("same direction" if margin > 0 else "opposite direction" if margin < 0
+              else "no difference")
     noise_text = (f"{better['n']}+{worse['n']} seeds: an arm with one seed has no spread, so "
                   "run-to-run noise not measured and no claim either way")
   out.update(result=result, margin=margin, noise=noise,

@@ -166,6 +166,8 @@ def test_verdicts_by_hand():
   assert v["result"] == "within noise"
   v = ablation.verdict(expect, metric, {"x": {"m": s([1.0])}, "y": {"m": s([2.0])}})
   assert v["result"] == "opposite direction" and "noise not measured" in v["line"]
+  v = ablation.verdict(expect, metric, {"x": {"m": s([0.7126])}, "y": {"m": s([0.7126])}})
+  assert v["result"] == "no difference" and v["margin"] == 0  # a tie is neither direction
   # One arm finished two seeds, the other one (a seed failed or was cut off): no noise estimate.
   v = ablation.verdict(expect, metric, {"x": {"m": s([1.0, 1.2])}, "y": {"m": s([1.05])}})
   assert v["result"] == "same direction" and v["noise"] is None
