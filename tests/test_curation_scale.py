@@ -189,8 +189,9 @@ def test_driver_memory_flat_while_input_grows_10x(tmp_path, monkeypatch):
   and the stats/report step): its peak must not follow the input. The Beam passes run in the
   runner (in-process here; Dataflow/Flink/Spark workers on a cluster) and are not measured.
   Before, these steps read every record (the sample was drawn from all filtered files, the
-  corpus written from all scored ones): their peak grew with the input. The report (matplotlib,
-  a constant cost) is off so that a record-sized leak would show."""
+  corpus written from all scored ones): their peak grew with the input. The report (matplotlib)
+  and the planted-defect check (stdlib functions parsed: ~14 MB, whatever the input) are
+  constant costs, off so that a record-sized leak would show."""
   from seedcoder_jax.curation import oracle as oracle_lib
   from seedcoder_jax.curation import oracle_backends
 
@@ -218,7 +219,8 @@ def test_driver_memory_flat_while_input_grows_10x(tmp_path, monkeypatch):
   monkeypatch.setattr(output_lib, "output_step", measured("output", output_lib.output_step))
   c = _config(**{**FAST, "oracle.enabled": True, "oracle.sample_size": 8,
                  "decontam.enabled": False, "dedup.near.enabled": False,
-                 "dedup.repo.enabled": False, "output.report": False})
+                 "dedup.repo.enabled": False, "output.report": False,
+                 "oracle.planted_pairs": 0})
   result = {}
   for n in (30, 300):
     peaks.clear()
