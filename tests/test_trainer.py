@@ -52,6 +52,21 @@ def toy_config(**over):
   return c
 
 
+def wait_all(procs, timeout) -> list[str]:
+  """Each process's output; one that outlives `timeout` is killed with its session, and every
+  process must exit 0 (the assertion shows the tail of a failing one's output)."""
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=timeout)[0])
+    finally:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+  for p, o in zip(procs, outs):
+    assert p.returncode == 0, o[-4000:]
+  return outs
+
+
 def losses_by_step(workdir) -> dict[int, float]:
   """Last logged loss of each step (a resumed run re-logs steps after its checkpoint)."""
   return {r["step"]: r["loss"] for r in metrics_lib.read_metrics(workdir) if "loss" in r}
@@ -246,16 +261,7 @@ def test_two_process_distributed_run_checkpoints_and_resumes(tmp_path):
       procs.append(subprocess.Popen([sys.executable, str(TOY_TRAIN), str(tmp_path), json.dumps(config)],
                                     env=env, start_new_session=True, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True))
-    outs = []
-    for p in procs:
-      try:
-        outs.append(p.communicate(timeout=300)[0])
-      finally:
-        if p.poll() is None:
-          os.killpg(p.pid, signal.SIGKILL)
-    for p, o in zip(procs, outs):
-      assert p.returncode == 0, o[-4000:]
-    return outs
+    return wait_all(procs, timeout=300)
 
   first = run_both(cfg)
   assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in first[0]
@@ -284,15 +290,7 @@ def test_two_processes_sharing_rows_across_a_tensor_axis_match_one_process(tmp_p
     procs.append(subprocess.Popen([sys.executable, str(TOY_TRAIN), str(tmp_path / "two"),
                                    json.dumps(cfg)], env=env, start_new_session=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=600)[0])
-    finally:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-  for p, o in zip(procs, outs):
-    assert p.returncode == 0, o[-4000:]
+  wait_all(procs, timeout=600)
   one = toy_config(opt={"total_steps": 4}, mesh={"fsdp": 2, "tensor": 4}, ckpt={"every_steps": 0})
   trainer.run(one, tmp_path / "one", data=toy_data.source(batch_size=B, seq_len=T, vocab_size=512))
   two, ref = losses_by_step(tmp_path / "two"), losses_by_step(tmp_path / "one")

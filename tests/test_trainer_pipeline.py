@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from numerics import f32_rtol
-from test_trainer import compile_cache, losses_by_step  # pylint: disable=unused-import
+from test_trainer import compile_cache, losses_by_step, wait_all  # pylint: disable=unused-import
 from seedcoder_jax.train import checkpoint as ck
 from seedcoder_jax.train import trainer
 from seedcoder_jax.train.config import from_tree
@@ -78,19 +78,6 @@ def _launch(workdir, over: dict, **env_extra) -> subprocess.Popen:
                           stderr=subprocess.STDOUT, text=True)
 
 
-def _wait(procs, timeout=900) -> list[str]:
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=timeout)[0])
-    finally:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-  for p, o in zip(procs, outs):
-    assert p.returncode == 0, o[-4000:]
-  return outs
-
-
 @pytest.mark.slow
 def test_kill9_through_launcher_on_real_pipeline_resumes_exactly(tmp_path, real_data):
   """launch/train.py killed -9 after its first finalised checkpoint, rerun: every step's loss is
@@ -115,7 +102,7 @@ def test_kill9_through_launcher_on_real_pipeline_resumes_exactly(tmp_path, real_
   assert proc.returncode == -signal.SIGKILL, out[-3000:]
   before = losses_by_step(killed)
   assert 6 <= max(before) < steps, "the kill should land mid-run"
-  resumed = _wait([_launch(killed, over)])[0]
+  resumed = wait_all([_launch(killed, over)], timeout=900)[0]
   assert f"state from checkpoint {killed / 'checkpoints'}/" in resumed
   got = losses_by_step(killed)
   assert sorted(got) == list(range(1, steps + 1))
@@ -160,11 +147,11 @@ def test_two_processes_through_launcher_on_real_pipeline_match_one_process(tmp_p
   over = {**real_data, "opt.total_steps": steps, "ckpt.every_steps": 3, "mesh.fsdp": -1}
 
   def run_both(extra):
-    return _wait([_launch(tmp_path / "two", {**over, **extra},
-                          JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                          JAX_PROCESS_ID=str(i),
-                          XLA_FLAGS="--xla_force_host_platform_device_count=2")
-                  for i in range(2)])
+    return wait_all([_launch(tmp_path / "two", {**over, **extra},
+                             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                             JAX_PROCESS_ID=str(i),
+                             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+                     for i in range(2)], timeout=900)
 
   first = run_both({"stop_after_steps": 3})
   assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in first[0]
@@ -208,10 +195,11 @@ def test_two_processes_across_a_tensor_axis_through_launcher_match_one_process(t
     port = s.getsockname()[1]
   steps = 4
   over = {**real_data, "opt.total_steps": steps, "ckpt.every_steps": 0}
-  outs = _wait([_launch(tmp_path / "two", {**over, "mesh.fsdp": 1, "mesh.tensor": 4},
-                        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                        JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=2")
-                for i in range(2)])
+  outs = wait_all([_launch(tmp_path / "two", {**over, "mesh.fsdp": 1, "mesh.tensor": 4},
+                           JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                           JAX_PROCESS_ID=str(i),
+                           XLA_FLAGS="--xla_force_host_platform_device_count=2")
+                   for i in range(2)], timeout=900)
   assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 4}" in outs[0]
   trainer.run(_config({**over, "mesh.fsdp": 2, "mesh.tensor": 4}), tmp_path / "one")
   two, one = losses_by_step(tmp_path / "two"), losses_by_step(tmp_path / "one")
