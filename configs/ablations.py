@@ -20,9 +20,13 @@ job (--print_commands prints them), and --collect builds the report from the sha
                    without. Both RL ablations start from the packaged SmolLM2-135M-Instruct on the
                    synthetic problem set; one seed per arm (8 steps cost ~15 min an arm here).
 
+  web_hard_negatives  the web recall classifier trained on data/web_seeds/ with vs without its
+                   hard negatives: precision, recall and F1 on held-out real pages (pygame's
+                   docs vs licence texts; curation/web_heldout.py). No model, no curation
+                   stage: seconds per arm.
+
 Not here yet: RL from Base vs from Instruct (no base model of the same family ships here, and the
-recipe has no LongCoT warmup stage yet) and web-classifier hard negatives (the classifier's
-negatives are not a curation option yet).
+recipe has no LongCoT warmup stage yet).
 """
 
 import copy
@@ -207,8 +211,40 @@ def rl_curriculum() -> dict:
   return a
 
 
+def web_hard_negatives() -> dict:
+  stages = ["web_classifier_eval"]
+  base = _base(stages)
+  del base["likelihood_eval"]
+  # The web stage's recall threshold (configs/curation.py); the seed initialises the embeddings,
+  # the classifier's only randomness (full-batch Adam).
+  threshold = float(config_files.load("curation:tiny").web.classifier_threshold)
+  base["web_classifier_eval"] = {"hard_negatives": True, "threshold": threshold, "seed": 0}
+  metric = lambda name: {"name": name, "stage": "web_classifier_eval", "key": name,
+                         "better": "higher"}
+  return {
+      "name": "web_hard_negatives",
+      "description": "The web recall classifier trained on data/web_seeds/ with vs without "
+                     "hard_negatives.txt, scored on held-out real pages: pygame's HTML docs "
+                     "(code fences removed) vs Debian's licence texts in 3,000-character chunks.",
+      "stages": stages, "shared": [], "base": base,
+      "arms": {"with_hard_negatives": {},
+               "without_hard_negatives": {"web_classifier_eval": {"hard_negatives": False}}},
+      "keys": ["web_classifier_eval.hard_negatives"],
+      "seeds": [0, 1, 2, 3, 4], "seed_keys": ["web_classifier_eval.seed"],
+      "metrics": [metric("precision"), metric("recall"), metric("f1")],
+      "expect": [{"metric": "precision", "better": "with_hard_negatives",
+                  "worse": "without_hard_negatives",
+                  "claim": "hard negatives make the web recall classifier more precise "
+                           "(Seed-Coder: hard negatives matter)"},
+                 {"metric": "recall", "better": "without_hard_negatives",
+                  "worse": "with_hard_negatives",
+                  "claim": "the price: fewer code pages recalled at the same threshold (the "
+                           "expected trade-off, not a claim of the paper)"}],
+  }
+
+
 ABLATIONS = {f.__name__: f for f in (fim_order, fim_level, quality_filter, commits_repo,
-                                     rl_schedule, rl_curriculum)}
+                                     rl_schedule, rl_curriculum, web_hard_negatives)}
 
 
 def get_config(name: str = "fim_order") -> ml_collections.ConfigDict:

@@ -189,6 +189,19 @@ def likelihood_eval(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Pat
   return summary
 
 
+def web_classifier_eval(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """The web recall classifier trained on data/web_seeds/ (options: hard_negatives, threshold,
+  seed), then its precision, recall and F1 on held-out real pages (curation/web_heldout.py)."""
+  from seedcoder_jax.curation import web_heldout
+
+  summary = web_heldout.evaluate(**web_heldout.parse_options(options))
+  print(f"[web_classifier_eval] hard_negatives={summary['hard_negatives']} seed={summary['seed']}: "
+        f"precision {summary['precision']:.3f} recall {summary['recall']:.3f} f1 "
+        f"{summary['f1']:.3f} at {summary['threshold']} ({summary['n_pos']} code pages, "
+        f"{summary['n_neg']} licence chunks)")
+  return summary
+
+
 STAGES: dict[str, Stage] = {
     "import_base": import_base,
     "model_bench": model_bench,
@@ -198,6 +211,7 @@ STAGES: dict[str, Stage] = {
     "pretrain_phase2": pretrain_phase2,
     "evaluate": evaluate,
     "likelihood_eval": likelihood_eval,
+    "web_classifier_eval": web_classifier_eval,
 }
 STAGES.update(recipe_posttrain.STAGES)
 

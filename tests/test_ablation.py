@@ -175,7 +175,7 @@ def test_verdicts_by_hand():
 
 
 @pytest.mark.parametrize("name", ["fim_order", "fim_level", "quality_filter", "commits_repo",
-                                  "rl_schedule", "rl_curriculum"])
+                                  "rl_schedule", "rl_curriculum", "web_hard_negatives"])
 def test_the_paper_ablations_are_well_formed(name):
   spec = config_files.load(f"configs/ablations.py:{name}").to_dict()
   ablation.check(spec)
@@ -201,6 +201,16 @@ def test_quality_filter_rules_only_arm_drops_nothing_by_quality_score():
   rules = plans["rules_only"]
   assert rules.oracle is None and rules.scorer is None and rules.drop_percentile == 0.0
   assert all(v == 0.0 for _, v in rules.web.thresholds)
+
+
+def test_web_hard_negatives_arms_differ_only_in_the_seed_files():
+  spec = config_files.load("configs/ablations.py:web_hard_negatives").to_dict()
+  arms = {arm: ablation.arm_options(spec, arm, 3) for arm in spec["arms"]}
+  assert arms["with_hard_negatives"] == {"web_classifier_eval": {
+      "hard_negatives": True, "threshold": 0.5, "seed": 3}}
+  assert ablation.diff(arms["with_hard_negatives"], arms["without_hard_negatives"]) == {
+      "web_classifier_eval.hard_negatives": (True, False)}
+  assert [e["metric"] for e in spec["expect"]] == ["precision", "recall"]
 
 
 def test_target_loss_equals_a_hand_computation():

@@ -167,10 +167,15 @@ def read_seed_docs(path: str | pathlib.Path) -> list[str]:
           if d.strip() and not all(l.startswith("# ") or l == "#" for l in d.splitlines())]
 
 
-def load_seeds(seeds_dir: str | pathlib.Path = SEEDS_DIR) -> tuple[list[str], list[int]]:
-  """(texts, labels) of the labelled seed files (SEED_FILES) in `seeds_dir`."""
+def load_seeds(seeds_dir: str | pathlib.Path = SEEDS_DIR, names: Sequence[str] = tuple(SEED_FILES)
+               ) -> tuple[list[str], list[int]]:
+  """(texts, labels) of the labelled seed files `names` (default: all of SEED_FILES) in
+  `seeds_dir`; the hard-negatives ablation leaves "hard_negatives.txt" out."""
+  unknown = [n for n in names if n not in SEED_FILES]
+  if unknown:
+    raise ValueError(f"load_seeds: unknown seed files {unknown}; known: {list(SEED_FILES)}")
   texts, labels = [], []
-  for name, label in SEED_FILES.items():
+  for name, label in ((n, SEED_FILES[n]) for n in names):
     path = pathlib.Path(seeds_dir) / name
     if not path.is_file():
       raise FileNotFoundError(f"web classifier seed file missing: {path}")
