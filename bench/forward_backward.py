@@ -20,7 +20,8 @@ from seedcoder_jax.train import losses
 _PRESET = flags.DEFINE_string("preset", "tiny", f"model preset: {sorted(model.PRESETS)}")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "sequences per step")
 _SEQ = flags.DEFINE_integer("seq_len", 512, "tokens per sequence")
-_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "matmul operand dtype")
+_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16", "auto"],
+                           "matmul operand dtype (auto: perf.auto_compute_dtype, this machine's)")
 _REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "rematerialisation policy")
 _ATTN = flags.DEFINE_enum("attention_impl", "flash", ["flash", "xla", "cudnn", "splash"],
                           "attention kernel")
@@ -28,7 +29,8 @@ _ITERS = flags.DEFINE_integer("iters", 5, "timed steps (median reported)")
 
 
 def main(_):
-  cfg = model.preset(_PRESET.value, compute_dtype=_DTYPE.value, remat=_REMAT.value,
+  dtype = perf.auto_compute_dtype()[0] if _DTYPE.value == "auto" else _DTYPE.value
+  cfg = model.preset(_PRESET.value, compute_dtype=dtype, remat=_REMAT.value,
                      attention_impl=_ATTN.value)
   b, t = _BATCH.value, _SEQ.value
   params = jax.jit(lambda: model.init_params(cfg))()

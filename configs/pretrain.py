@@ -64,7 +64,9 @@ def base() -> ml_collections.ConfigDict:
                      ("n_kv_heads", int), ("head_dim", int), ("d_ff", int),
                      ("rms_norm_eps", float), ("rope_theta", float), ("max_seq_len", int),
                      ("tie_embeddings", bool),
-                     ("compute_dtype", str),  # float32 | bfloat16 (matmul operands; fp32 accumulation)
+                     # float32 | bfloat16 (matmul operands; fp32 accumulation) | auto (bfloat16
+                     # on accelerators and on CPUs with native bf16, else float32: perf.py)
+                     ("compute_dtype", str),
                      ("attention_impl", str),  # flash | xla | cudnn | splash
                      ("remat", str),  # none | full | dots
                      ("scan_layers", bool), ("init_std", float),
@@ -185,9 +187,12 @@ def tiny_phase2(c):
 
 
 def m100(c):
-  """The ~100M preset on the tiny data: the CPU benchmark shape of bench/train_step.py."""
+  """The ~100M preset on the tiny data: the CPU benchmark shape of bench/train_step.py. Matmuls in
+  bfloat16 where the machine multiplies bf16 natively, else float32 ("auto": 1.97x faster in bf16
+  on an AVX-512 BF16 CPU, several times slower without one; docs/benchmarks.md)."""
   tiny(c)
   c.model.preset = "100m"
+  c.model.compute_dtype = "auto"
   c.data.seq_len = 512
   c.data.batch_size = 4
   c.opt.update(peak_lr=1e-3, end_lr=1e-4)

@@ -71,9 +71,42 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:
   return flops_per_token * tokens_per_s / peak
 
 
+# CPU feature flags (Linux /proc/cpuinfo) that mean bfloat16 dot products in hardware: x86's
+# AVX-512 BF16 (Cooper Lake, Sapphire Rapids, Zen 4 and later) and AMX, Arm's BF16 extension.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+  """Whether this CPU multiplies bfloat16 natively (its flags/Features lines name one of
+  NATIVE_BF16_FLAGS); False where /proc/cpuinfo cannot be read. `cpuinfo` is for tests."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        cpuinfo = f.read()
+    except OSError:
+      return False
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip().lower() in ("flags", "features") and NATIVE_BF16_FLAGS & set(value.split()):
+      return True
+  return False
+
+
+def auto_compute_dtype(backend: str | None = None, cpuinfo: str | None = None) -> tuple[str, str]:
+  """(compute dtype, why) for `compute_dtype="auto"`: bfloat16 on accelerators and on CPUs with
+  native bf16 dot products; float32 on other CPUs, where XLA emulates bf16 matmuls and they are
+  slower than float32 (docs/benchmarks.md, "Compute dtype per machine")."""
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return "bfloat16", f"{backend} backend"
+  if cpu_has_native_bf16(cpuinfo):
+    return "bfloat16", "CPU with native bf16 (avx512_bf16/amx_bf16/bf16 flag)"
+  return "float32", "CPU without native bf16"
+
+
 def machine() -> dict:
   dev = jax.devices()[0]
-  return {
+  out = {
       "platform": dev.platform,
       "device_kind": dev.device_kind,
       "device_count": jax.device_count(),
@@ -81,3 +114,6 @@ def machine() -> dict:
       "processor": platform.processor() or platform.machine(),
       "jax": jax.__version__,
   }
+  if dev.platform == "cpu":
+    out["native_bf16"] = cpu_has_native_bf16()
+  return out

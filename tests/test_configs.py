@@ -122,8 +122,10 @@ def test_every_model_field_is_overridable_from_the_command_line(variant, tmp_pat
   fields = [f.name for f in dataclasses.fields(ModelConfig)]
   assert sorted(set(fields) - set(c.model)) == [], "ModelConfig fields missing from config.model"
   cfg = _from_tree(c, tmp_path)
-  assert cfg.model == config_lib.model_lib.preset(
-      c.model.preset, **{k: v for k, v in c.model.items() if k != "preset"})
+  resolved = {k: v for k, v in c.model.items() if k != "preset"}
+  if resolved.get("compute_dtype") == "auto":  # resolved per machine by from_tree
+    resolved["compute_dtype"] = config_lib.perf.auto_compute_dtype()[0]
+  assert cfg.model == config_lib.model_lib.preset(c.model.preset, **resolved)
   overrides = {f: _override_value(f, cfg) for f in fields if f != "rope_scaling"}
   for field, value in overrides.items():
     got = _from_tree(_parse_like_launch_train(

@@ -21,6 +21,7 @@ import os
 from typing import Any, Mapping, Optional
 
 from seedcoder_jax import model as model_lib
+from seedcoder_jax import perf
 from seedcoder_jax.model.config import ModelConfig
 from seedcoder_jax.train.checkpoint import CheckpointConfig
 from seedcoder_jax.train.optimizer import OptimizerConfig
@@ -166,6 +167,8 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
   if preset not in model_lib.PRESETS:
     raise ConfigError(f"config.model.preset={preset!r} is not one of {sorted(model_lib.PRESETS)}")
   _check_keys("config.model", model, [f.name for f in dataclasses.fields(ModelConfig)])
+  if model.get("compute_dtype") == "auto":  # resolved here: ModelConfig only sees real dtypes
+    model["compute_dtype"], _ = perf.auto_compute_dtype()
   try:  # None (configs/pretrain.py's placeholders) keeps the preset's value
     model_cfg = model_lib.preset(preset, **model)
   except (TypeError, ValueError) as e:
