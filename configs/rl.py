@@ -59,6 +59,7 @@ def base(pretrain_variant: str) -> ml_collections.ConfigDict:
   c.rl.drop_solved_above = 0.875  # problems solved more often than this leave the pool
   c.rl.min_attempts = 8  # ...after at least this many rollouts
   c.rl.drop_format_groups = True  # groups all correct except for format errors
+  c.rl.train_limit = 0  # train on the first N train problems (0: all); small: problems recur
   # Held-out evaluation (greedy, sandboxed) at step 0, every eval_every steps and at the end.
   c.rl.eval_every = 10
   c.rl.eval_limit = 64  # held-out problems (0: all)

@@ -221,11 +221,26 @@ def test_bad_rl_configs_are_refused(rl_setup, tmp_path):
   c.rl.problems = str(tmp_path / "none")
   with pytest.raises(ConfigError, match="config.rl.problems"):
     rl.run(c, tmp_path / "w")
+  c = _config(rl_setup)
+  c.rl.train_limit = -1
+  with pytest.raises(ConfigError, match="config.rl.train_limit=-1"):
+    rl.run(c, tmp_path / "w")
   tree = _config(rl_setup).to_dict()
   tree["rl"]["clip_hi"] = 0.3
   with pytest.raises(ConfigError, match="config.rl.clip_hi"):
     rl.run(tree, tmp_path / "w")
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_train_limit_keeps_the_first_train_problems(rl_setup, tmp_path):
+  """A small pool (the rl_curriculum ablation's) trains on the train split's first N problems."""
+  c = _config(rl_setup)
+  c.rl.train_limit = 1
+  c.rl.eval_every = 0
+  c.stop_after_steps = 1
+  rl.run(c, tmp_path / "w")
+  first = problem_set.load(c.rl.problems, "train", skipped={})[0]
+  assert json.loads((tmp_path / "w" / "rl_problems.json").read_text())["train"] == [first.id]
 
 
 _RUN = "import json, sys; from seedcoder_jax.posttrain import rl; rl.run(json.load(open(sys.argv[1])), sys.argv[2])"

@@ -222,6 +222,8 @@ def train(raw: dict, workdir) -> dict:
     raise ConfigError(f"config.rl.problems={rl.problems!r}: {e}") from e
   if rl.eval_limit:
     heldout = heldout[:rl.eval_limit]
+  if rl.train_limit:
+    train_set = train_set[:rl.train_limit]
   if not train_set:
     raise ConfigError(f"config.rl.problems={rl.problems!r} has no train problems")
   workdir.mkdir(parents=True, exist_ok=True)

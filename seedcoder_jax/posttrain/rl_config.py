@@ -48,6 +48,8 @@ class RLConfig:
   drop_solved_above: float = 0.875             # a problem solved more often than this leaves
   min_attempts: int = 8                        # ...once it has this many attempts
   drop_format_groups: bool = True              # groups all correct but for format errors
+  train_limit: int = 0                         # the first N train problems (0: all): a small
+                                               # pool makes problems recur (and drops matter)
   # Held-out evaluation (greedy, sandboxed) into DIR/eval.jsonl.
   eval_every: int = 10                         # RL steps; 0: only at step 0 and the end
   eval_limit: int = 64                         # held-out problems (0: all)
@@ -105,6 +107,8 @@ def _check(rl: RLConfig, cfg: PretrainConfig) -> None:
     bad("drop_solved_above", "must lie in (0, 1] (1: never drop)")
   if rl.overlong_buffer < 0 or rl.overlong_penalty < 0:
     bad("overlong_buffer", "overlong_buffer and overlong_penalty must be >= 0")
+  if rl.train_limit < 0:
+    bad("train_limit", "must be >= 0 (0: every train problem)")
   if rl.eval_every < 0 or rl.eval_limit < 0 or rl.eval_max_new_tokens < 0:
     bad("eval_every", "eval_every, eval_limit and eval_max_new_tokens must be >= 0")
   for i, s in enumerate(rl.stages):
