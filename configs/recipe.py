@@ -109,7 +109,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   # A few GRPO steps (configs/rl.py:demo): the loop end to end, not the 45-minute measurement.
   # init: "instruct" (the packaged SmolLM2-135M-Instruct) or "warmup" (the warmup stage's model,
   # rollouts asked with the traces' system prompt; give replies that reason first room: rl.stages
-  # [[2, 256, 4]] and data.seq_len 448).
+  # [[2, 256, 4]] and data.seq_len 512, a multiple of rl:demo's model.loss_chunk 128).
   c.rl = ml_collections.ConfigDict({"init": "instruct", "overrides": {
       "rl": {"stages": [[2, 192, 4]], "eval_limit": 8, "eval_every": 0, "rollout_slots": 8},
       "data": {"batch_size": 2}}})
