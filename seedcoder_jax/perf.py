@@ -92,16 +92,12 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
   return False
 
 
-def auto_compute_dtype(backend: str | None = None, cpuinfo: str | None = None) -> tuple[str, str]:
-  """(compute dtype, why) for `compute_dtype="auto"`: bfloat16 on accelerators and on CPUs with
+def auto_compute_dtype(backend: str | None = None, cpuinfo: str | None = None) -> str:
+  """The compute dtype for `compute_dtype="auto"`: bfloat16 on accelerators and on CPUs with
   native bf16 dot products; float32 on other CPUs, where XLA emulates bf16 matmuls and they are
-  slower than float32 (docs/benchmarks.md, "Compute dtype per machine")."""
+  slower than float32 (docs/benchmarks.md, "Same-run ratios on a CPU with native bf16")."""
   backend = backend or jax.default_backend()
-  if backend != "cpu":
-    return "bfloat16", f"{backend} backend"
-  if cpu_has_native_bf16(cpuinfo):
-    return "bfloat16", "CPU with native bf16 (avx512_bf16/amx_bf16/bf16 flag)"
-  return "float32", "CPU without native bf16"
+  return "bfloat16" if backend != "cpu" or cpu_has_native_bf16(cpuinfo) else "float32"
 
 
 def machine() -> dict:

@@ -27,10 +27,10 @@ def test_native_bf16_from_cpuinfo(cpuinfo, native):
 
 
 def test_auto_compute_dtype():
-  assert perf.auto_compute_dtype("cpu", ZEN4)[0] == "bfloat16"
-  assert perf.auto_compute_dtype("cpu", SKYLAKE)[0] == "float32"
-  assert perf.auto_compute_dtype("tpu", SKYLAKE)[0] == "bfloat16"
-  assert perf.auto_compute_dtype("gpu", "")[0] == "bfloat16"
+  assert perf.auto_compute_dtype("cpu", ZEN4) == "bfloat16"
+  assert perf.auto_compute_dtype("cpu", SKYLAKE) == "float32"
+  assert perf.auto_compute_dtype("tpu", SKYLAKE) == "bfloat16"
+  assert perf.auto_compute_dtype("gpu", "") == "bfloat16"
 
 
 @pytest.mark.parametrize("native, dtype", [(True, "bfloat16"), (False, "float32")])

@@ -124,7 +124,7 @@ def test_every_model_field_is_overridable_from_the_command_line(variant, tmp_pat
   cfg = _from_tree(c, tmp_path)
   resolved = {k: v for k, v in c.model.items() if k != "preset"}
   if resolved.get("compute_dtype") == "auto":  # resolved per machine by from_tree
-    resolved["compute_dtype"] = config_lib.perf.auto_compute_dtype()[0]
+    resolved["compute_dtype"] = config_lib.perf.auto_compute_dtype()
   assert cfg.model == config_lib.model_lib.preset(c.model.preset, **resolved)
   overrides = {f: _override_value(f, cfg) for f in fields if f != "rope_scaling"}
   for field, value in overrides.items():

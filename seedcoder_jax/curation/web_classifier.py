@@ -185,9 +185,18 @@ def load_seeds(seeds_dir: str | pathlib.Path = SEEDS_DIR, names: Sequence[str] =
   return texts, labels
 
 
+def scores(y_N: Sequence[int], pred_N: Sequence[bool]) -> dict:
+  """Confusion counts, precision, recall and F1 (each 0.0 where its denominator is 0)."""
+  tp = sum(1 for y, p in zip(y_N, pred_N) if y and p)
+  fp = sum(1 for y, p in zip(y_N, pred_N) if not y and p)
+  fn = sum(1 for y, p in zip(y_N, pred_N) if y and not p)
+  precision = tp / (tp + fp) if tp + fp else 0.0
+  recall = tp / (tp + fn) if tp + fn else 0.0
+  f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+  return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
 def precision_recall(p_N: np.ndarray, y_N: Sequence[int], threshold: float) -> tuple[float, float]:
   """(precision, recall) of `p_N >= threshold` against labels (1 = positive)."""
-  pred = np.asarray(p_N) >= threshold
-  y = np.asarray(y_N).astype(bool)
-  tp = float((pred & y).sum())
-  return tp / max(pred.sum(), 1), tp / max(y.sum(), 1)
+  s = scores(y_N, [bool(p >= threshold) for p in np.asarray(p_N)])
+  return s["precision"], s["recall"]

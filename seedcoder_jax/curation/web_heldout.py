@@ -98,15 +98,7 @@ def parse_options(options: dict) -> dict:
   return out
 
 
-def scores(y_N: Sequence[int], pred_N: Sequence[bool]) -> dict:
-  """Confusion counts, precision, recall and F1 (each 0.0 where its denominator is 0)."""
-  tp = sum(1 for y, p in zip(y_N, pred_N) if y and p)
-  fp = sum(1 for y, p in zip(y_N, pred_N) if not y and p)
-  fn = sum(1 for y, p in zip(y_N, pred_N) if y and not p)
-  precision = tp / (tp + fp) if tp + fp else 0.0
-  recall = tp / (tp + fn) if tp + fn else 0.0
-  f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-  return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+scores = web_classifier.scores  # precision, recall, F1 and counts of predictions
 
 
 def evaluate(hard_negatives: bool = True, threshold: float = DEFAULTS["threshold"], seed: int = 0,

@@ -168,7 +168,7 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
     raise ConfigError(f"config.model.preset={preset!r} is not one of {sorted(model_lib.PRESETS)}")
   _check_keys("config.model", model, [f.name for f in dataclasses.fields(ModelConfig)])
   if model.get("compute_dtype") == "auto":  # resolved here: ModelConfig only sees real dtypes
-    model["compute_dtype"], _ = perf.auto_compute_dtype()
+    model["compute_dtype"] = perf.auto_compute_dtype()
   try:  # None (configs/pretrain.py's placeholders) keeps the preset's value
     model_cfg = model_lib.preset(preset, **model)
   except (TypeError, ValueError) as e:
