@@ -198,7 +198,8 @@ def _tiny_sft_config(corpus, **sft_over):
   c.sft.corpora = (str(corpus),)
   c.sft.eval_fraction = 0.25
   c.sft.update(sft_over)
-  c.model.update(preset="tiny", vocab_size=49152, max_seq_len=256)
+  # float32 pinned: the demo config says "auto" (bfloat16 on CPUs with native bf16).
+  c.model.update(preset="tiny", vocab_size=49152, max_seq_len=256, compute_dtype="float32")
   c.init.kind = "random"
   c.data.update(seq_len=128, batch_size=8)
   c.opt.update(total_steps=4, warmup_steps=1, peak_lr=1e-3)
