@@ -41,3 +41,18 @@ def test_measured_peak_is_summed_over_processes(monkeypatch):
   monkeypatch.setattr(perf, "measured_matmul_peak", lambda *a, **k: 1e9)
   peak, source = perf.peak_flops("float32")
   assert peak == 2e9 and "measured" in source  # fake CPU devices share one host's cores
+
+
+def test_the_measured_peak_takes_the_fastest_call_not_the_median(monkeypatch):
+  # A throttled host: most calls slow, one at full speed. The peak is the fast one; the median
+  # (what time_fn reports for benchmarks) would understate it and put MFU above 1.
+  durations = iter([0.0, 0.0, 0.2, 0.001, 0.2])  # 2 warm-up calls, then 3 timed
+  clock = {"t": 0.0}
+  monkeypatch.setattr(perf.time, "perf_counter", lambda: clock["t"])
+
+  def fn():
+    clock["t"] += next(durations)
+
+  assert perf.time_fn(fn, iters=3, best=True) == pytest.approx(0.001)
+  durations = iter([0.0, 0.0, 0.2, 0.001, 0.2])
+  assert perf.time_fn(fn, iters=3) == pytest.approx(0.2)
