@@ -70,6 +70,9 @@ def base(pretrain_variant: str) -> ml_collections.ConfigDict:
   c.rl.reward_timeout_s = 10.0
   c.rl.template_file = ""
   c.rl.system_prompt = "You are a helpful coding assistant."
+  # False: drop the problems' "reply with only the code" request (a policy warmed up on LongCoT
+  # traces, which were asked without it: it reasons first, then writes the code block)
+  c.rl.reply_format = True
   return c
 
 

@@ -230,6 +230,7 @@ def _rl_paths(options: dict, workdir: pathlib.Path) -> dict:
                             "missing: put reasoning_traces and warmup before rl in the stages")
   paths["init"] = {"kind": "workdir", "path": str(workdir / "warmup" / "run")}
   paths["rl"]["system_prompt"] = traces_lib.SYSTEM_PROMPT
+  paths["rl"]["reply_format"] = False  # asked as the traces were: reason, then the code
   return paths
 
 

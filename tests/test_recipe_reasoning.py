@@ -36,6 +36,7 @@ def test_rl_init_selects_the_packaged_model_or_the_warmup_with_its_prompt(tmp_pa
   assert config["init"] == {**default["init"], "kind": "workdir",
                             "path": str(tmp_path / "warmup" / "run")}
   assert config["rl"]["system_prompt"] == rt.SYSTEM_PROMPT
+  assert config["rl"]["reply_format"] is False and default["rl"].get("reply_format", True)
   assert config["rl"]["problems"] == str(tmp_path / "problems")
 
 

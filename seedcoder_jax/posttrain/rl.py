@@ -46,6 +46,7 @@ from seedcoder_jax.posttrain import grpo
 from seedcoder_jax.posttrain import logprobs
 from seedcoder_jax.posttrain import problem_set
 from seedcoder_jax.posttrain import problems as problems_lib
+from seedcoder_jax.posttrain import reasoning_traces
 from seedcoder_jax.posttrain import rl_rewards
 from seedcoder_jax.posttrain.chat_template import ChatRenderer
 from seedcoder_jax.posttrain.rl_config import RLConfig, config_from_tree
@@ -268,8 +269,9 @@ def train(raw: dict, workdir) -> dict:
   end = rl.total_steps if not cfg.stop_after_steps else min(cfg.stop_after_steps, rl.total_steps)
 
   by_id = {p.id: p for p in train_set}
-  prompt_ids = {p.id: renderer.prompt_ids(prompt_messages(p)) for p in train_set}
-  heldout_prompts = [renderer.prompt_ids(prompt_messages(p)) for p in heldout]
+  messages = prompt_messages if rl.reply_format else reasoning_traces.messages
+  prompt_ids = {p.id: renderer.prompt_ids(messages(p)) for p in train_set}
+  heldout_prompts = [renderer.prompt_ids(messages(p)) for p in heldout]
   longest = max(len(v) for v in [*prompt_ids.values(), *heldout_prompts])
   eval_new = rl.eval_max_new_tokens or rl.stages[0].max_new_tokens
   max_new_all = max(eval_new, *(s.max_new_tokens for s in rl.stages))

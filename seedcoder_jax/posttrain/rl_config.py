@@ -60,6 +60,9 @@ class RLConfig:
   reward_timeout_s: float = 10.0
   template_file: str = ""
   system_prompt: str = "You are a helpful coding assistant."
+  # False: prompts without the problems' "reply with only the code" request, as the LongCoT
+  # warmup's traces were asked (a policy that reasons before its code block).
+  reply_format: bool = True
 
   @property
   def total_steps(self) -> int:
