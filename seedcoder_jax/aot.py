@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from seedcoder_jax import config_files
+from seedcoder_jax import perf
 from seedcoder_jax import sharding as sharding_lib
 from seedcoder_jax.model import splash
 from seedcoder_jax.model.config import ModelConfig, RopeScaling
@@ -632,6 +633,8 @@ def build_spec(*, config: str | None = None, preset: str | None = None,
   overrides.update({k: v for k, v in (model_overrides or {}).items() if v is not None})
   merged.update({k: v for k, v in fields.items() if v is not None})
   name = merged.pop("preset")
+  if overrides.get("compute_dtype") == "auto":  # the target is an accelerator: bfloat16
+    overrides["compute_dtype"] = perf.auto_compute_dtype(backend="tpu")
   try:
     model = model_lib.preset(name, **overrides)
   except (ValueError, TypeError) as e:

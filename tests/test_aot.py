@@ -97,6 +97,10 @@ def test_build_spec_defaults_and_precedence(tmp_path):
   # keys never override the training defaults.
   spec = aot.build_spec(config="configs/pretrain.py:tiny")
   assert (spec.model.remat, spec.model.compute_dtype) == ("full", "bfloat16")
+  # compute_dtype="auto" (configs/pretrain.py:100m, configs/sft.py:demo) means bfloat16 on the
+  # accelerator the tool compiles for, whatever this host's CPU is.
+  for config in ("configs/pretrain.py:100m", "configs/sft.py:demo", "configs/dpo.py:demo"):
+    assert aot.build_spec(config=config).model.compute_dtype == "bfloat16", config
 
 
 def test_missing_config_file_is_a_clear_error():
