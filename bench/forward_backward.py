@@ -29,7 +29,7 @@ _ITERS = flags.DEFINE_integer("iters", 5, "timed steps (median reported)")
 
 
 def main(_):
-  dtype = perf.auto_compute_dtype() if _DTYPE.value == "auto" else _DTYPE.value
+  dtype = perf.resolve_compute_dtype(_DTYPE.value)
   cfg = model.preset(_PRESET.value, compute_dtype=dtype, remat=_REMAT.value,
                      attention_impl=_ATTN.value)
   b, t = _BATCH.value, _SEQ.value

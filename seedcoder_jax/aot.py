@@ -633,8 +633,8 @@ def build_spec(*, config: str | None = None, preset: str | None = None,
   overrides.update({k: v for k, v in (model_overrides or {}).items() if v is not None})
   merged.update({k: v for k, v in fields.items() if v is not None})
   name = merged.pop("preset")
-  if overrides.get("compute_dtype") == "auto":  # the target is an accelerator: bfloat16
-    overrides["compute_dtype"] = perf.auto_compute_dtype(backend="tpu")
+  if "compute_dtype" in overrides:  # "auto": the target is an accelerator, so bfloat16
+    overrides["compute_dtype"] = perf.resolve_compute_dtype(overrides["compute_dtype"], "tpu")
   try:
     model = model_lib.preset(name, **overrides)
   except (ValueError, TypeError) as e:

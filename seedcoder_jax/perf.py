@@ -103,6 +103,12 @@ def auto_compute_dtype(backend: str | None = None, cpuinfo: str | None = None) -
   return "bfloat16" if backend != "cpu" or cpu_has_native_bf16(cpuinfo) else "float32"
 
 
+def resolve_compute_dtype(dtype: str, backend: str | None = None) -> str:
+  """`dtype`, with "auto" replaced by auto_compute_dtype(backend): ModelConfig only sees real
+  dtypes (train/config.py, aot.py and the benches resolve through here)."""
+  return auto_compute_dtype(backend) if dtype == "auto" else dtype
+
+
 def machine() -> dict:
   dev = jax.devices()[0]
   out = {

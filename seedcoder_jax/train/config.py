@@ -167,8 +167,8 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
   if preset not in model_lib.PRESETS:
     raise ConfigError(f"config.model.preset={preset!r} is not one of {sorted(model_lib.PRESETS)}")
   _check_keys("config.model", model, [f.name for f in dataclasses.fields(ModelConfig)])
-  if model.get("compute_dtype") == "auto":  # resolved here: ModelConfig only sees real dtypes
-    model["compute_dtype"] = perf.auto_compute_dtype()
+  if model.get("compute_dtype") is not None:  # "auto" resolved for this machine
+    model["compute_dtype"] = perf.resolve_compute_dtype(model["compute_dtype"])
   try:  # None (configs/pretrain.py's placeholders) keeps the preset's value
     model_cfg = model_lib.preset(preset, **model)
   except (TypeError, ValueError) as e:
