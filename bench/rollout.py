@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags
 
 from seedcoder_jax import model as model_lib
-from seedcoder_jax import perf
+from seedcoder_jax import perf, xla_cpu
 from seedcoder_jax.sampling import RolloutEngine, load_model
 from seedcoder_jax.sampling import rollout as rollout_lib
 
@@ -51,6 +51,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "timed calls (median reported)")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "matmul dtype")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch threads (0: all cores)")
+_XLA_CPU_SCHEDULER = xla_cpu.define_flag()
 _COMPARE_TORCH = flags.DEFINE_bool(
     "compare_torch", False, "also time transformers' generate on the same weights (.venv-ref)")
 
@@ -107,6 +108,7 @@ def torch_figures(cfg, params, prompts, eos) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
   if _COMPARE_TORCH.value and not REF_PYTHON.exists():
     raise app.UsageError(f"--compare_torch needs the reference environment {REF_PYTHON} "
                          "(`make install-ref`, or set SEEDCODER_REF_PYTHON)")
@@ -140,7 +142,7 @@ def main(argv):
       "tokens": sum(lengths), "rows": len(lengths),
       "mean_completion": round(sum(lengths) / len(lengths), 1), "max_completion": max(lengths),
       "stats": vars(stats), "compute_dtype": cfg.compute_dtype, "jax": jax.__version__,
-      "machine": perf.machine(),
+      "machine": perf.machine(), "xla_cpu_scheduler": xla_cpu.current(),
   }
   if _COMPARE_TORCH.value:
     ref = torch_figures(cfg, params, prompts, eos)

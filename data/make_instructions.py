@@ -22,6 +22,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from seedcoder_jax import xla_cpu
 from seedcoder_jax.posttrain import instruct_data
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/instruct_data.py:VARIANT "
@@ -34,12 +35,14 @@ _PROBLEMS = flags.DEFINE_string("problems", None, "overrides config.problems.dir
                                 "built by data/make_problems.py (source=problems)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "source=generate: discard DIR/journal.jsonl and start over")
+_XLA_CPU_SCHEDULER = xla_cpu.define_flag()  # the local generator backend decodes here
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
   config = _CONFIG.value.to_dict()
   if _SOURCE.value:
     config["source"] = _SOURCE.value

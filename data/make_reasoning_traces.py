@@ -16,6 +16,7 @@ import json
 
 from absl import app, flags
 
+from seedcoder_jax import xla_cpu
 from seedcoder_jax.posttrain import reasoning_traces
 
 _HELP = {
@@ -38,12 +39,14 @@ for _f in dataclasses.fields(reasoning_traces.TracesConfig):
   _define = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
              bool: flags.DEFINE_bool}[type(_default) if _default is not None else str]
   _FLAGS[_f.name] = _define(_f.name, _default, _HELP[_f.name], required=_default is None)
+_XLA_CPU_SCHEDULER = xla_cpu.define_flag()
 _OUTPUT = flags.DEFINE_string("output", None, "directory for corpus/ and stats.json", required=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
   try:
     cfg = reasoning_traces.TracesConfig(**{k: f.value for k, f in _FLAGS.items()})
   except ValueError as e:

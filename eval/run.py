@@ -29,6 +29,7 @@ import logging
 from absl import app
 from absl import flags
 
+from seedcoder_jax import xla_cpu
 from seedcoder_jax.evaluation import benchmarks
 from seedcoder_jax.evaluation import harness
 from seedcoder_jax.evaluation import report
@@ -59,6 +60,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Prompts per sampler batch 
 _ENGINE = flags.DEFINE_enum("engine", "auto", list(harness.ENGINES), "Decoding: rollout (greedy "
                             "only; a finished row takes the next prompt at once), sampler (fixed "
                             "batches; any temperature/top_p), auto (rollout when greedy).")
+_XLA_CPU_SCHEDULER = xla_cpu.define_flag()
 _TIMEOUT_S = flags.DEFINE_float("timeout_s", None, "Per-program time limit (default per language).")
 _MEMORY_MB = flags.DEFINE_integer("memory_mb", None, "Per-program memory (default per language).")
 flags.mark_flags_as_required(["benchmark", "output"])
@@ -66,6 +68,7 @@ flags.mark_flags_as_required(["benchmark", "output"])
 
 def main(argv):
   del argv
+  xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
   logging.getLogger().setLevel(logging.INFO)
   if _BENCHMARK.value.startswith(SEQIO_PREFIX):
     result = _run_seqio(_BENCHMARK.value[len(SEQIO_PREFIX):])

@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from seedcoder_jax import ablation, config_files
+from seedcoder_jax import ablation, config_files, xla_cpu
 
 _CONFIG = flags.DEFINE_string("config", None, "configs/ablations.py:NAME", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "DIR: DIR/shared, DIR/<arm>/seed<k>, the report",
@@ -26,12 +26,14 @@ _SEED = flags.DEFINE_integer("seed", None, "run only this seed of --arm")
 _PRINT = flags.DEFINE_bool("print_commands", False, "print one command per (arm, seed) and exit: "
                            "wrap each in your cluster's launcher (launch/tpu, launch/gpu)")
 _COLLECT = flags.DEFINE_bool("collect", False, "only (re)build the report from DIR")
+_XLA_CPU_SCHEDULER = xla_cpu.define_flag(default="")  # as configs/recipe.py
 _SHARED = flags.DEFINE_bool("shared", False, "only run the shared stages (before per-arm jobs)")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # as launch/train.py: orbax logs every save at INFO
   spec = config_files.load(_CONFIG.value).to_dict()

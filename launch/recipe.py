@@ -7,7 +7,7 @@ WORKDIR/report.md and report.html (every stage's numbers, the models along the c
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from seedcoder_jax import recipe, recipe_report
+from seedcoder_jax import recipe, recipe_report, xla_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/recipe.py:tiny", "recipe config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where every stage writes its outputs", required=True)
@@ -17,6 +17,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   c = _CONFIG.value
+  xla_cpu.set_scheduler(c.get("xla_cpu_scheduler", ""))  # before any stage starts JAX
   if not flags.FLAGS["verbosity"].present:
     # As launch/train.py: orbax logs every checkpoint at INFO (~300 lines between the stages'
     # own lines); --verbosity=0 shows it.

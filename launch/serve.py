@@ -17,6 +17,7 @@ seedcoder_jax/sampling/server.py for the fields, limits and errors.
 
 from absl import app, flags, logging
 
+from seedcoder_jax import xla_cpu
 from seedcoder_jax.sampling import server
 
 _MODEL = flags.DEFINE_string("model", None, "gguf:smollm2 | gguf:FILE.gguf | hf:DIR | orbax:DIR",
@@ -42,6 +43,7 @@ _CHAT_TEMPLATE = flags.DEFINE_string("chat_template", None, "A Jinja chat templa
                                      "the model's own.")
 _ADD_BOS = flags.DEFINE_enum("add_bos", "auto", ["auto", "true", "false"], "Prepend BOS to text "
                              "prompts (auto: the tokenizer's convention).")
+_XLA_CPU_SCHEDULER = xla_cpu.define_flag()
 _FIM_ORDER = flags.DEFINE_enum("fim_order", "spm", ["spm", "psm"], "Layout of `suffix` "
                                "(fill-in-the-middle) completions.")
 
@@ -49,6 +51,7 @@ _FIM_ORDER = flags.DEFINE_enum("fim_order", "spm", ["spm", "psm"], "Layout of `s
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
   logging.set_verbosity(logging.INFO)
   openai_server = server.build(
       _MODEL.value, tokenizer_spec=_TOKENIZER.value, model_name=_MODEL_NAME.value,

@@ -12,7 +12,7 @@ import importlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from seedcoder_jax import sharding
+from seedcoder_jax import sharding, xla_cpu
 
 # config.trainer -> "module:function(config, workdir)"; the SFT/DPO/RL trainers register here.
 TRAINERS = {
@@ -39,6 +39,11 @@ def main(argv):
     raise app.UsageError(f"config.trainer={name!r} is not one of {sorted(TRAINERS)}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
+  # Before anything starts a backend: XLA reads its flags once (seedcoder_jax/xla_cpu.py).
+  try:
+    xla_cpu.set_scheduler(config.get("xla_cpu_scheduler", ""))
+  except ValueError as e:
+    raise app.UsageError(f"config.{e}") from e
   sharding.maybe_initialize_distributed()
   module, _, function = TRAINERS[name].partition(":")
   getattr(importlib.import_module(module), function)(config, _WORKDIR.value)

@@ -1,7 +1,7 @@
 """The pretrain config as frozen dataclasses, built from a config tree (dict / ConfigDict.to_dict()).
 
 The tree's groups (configs/pretrain.py documents each key):
-  trainer, seed, stop_after_steps
+  trainer, seed, stop_after_steps, xla_cpu_scheduler (applied by launch/train.py: xla_cpu.py)
   model   preset + ModelConfig fields (None: the preset's value)
   init    kind (random|workdir|hf|gguf|orbax), path
   data    batch_size, seq_len + the input pipeline's InputConfig fields (None: its default)
@@ -21,14 +21,14 @@ import os
 from typing import Any, Mapping, Optional
 
 from seedcoder_jax import model as model_lib
-from seedcoder_jax import perf
+from seedcoder_jax import perf, xla_cpu
 from seedcoder_jax.model.config import ModelConfig
 from seedcoder_jax.train.checkpoint import CheckpointConfig
 from seedcoder_jax.train.optimizer import OptimizerConfig
 
 INIT_KINDS = ("random", "workdir", "hf", "gguf", "orbax")
 TOP_LEVEL = ("trainer", "seed", "stop_after_steps", "model", "init", "data", "opt", "ckpt", "eval",
-             "log", "mesh", "prepare")
+             "log", "mesh", "prepare", "xla_cpu_scheduler")
 MESH_KEYS = ("data", "fsdp", "tensor", "dcn_data")  # dcn_data: slices (sharding.device_array)
 TRAINER_DATA_KEYS = ("batch_size", "seq_len")
 STEP_OPT_KEYS = ("grad_accum_steps", "z_loss")
@@ -159,6 +159,10 @@ def from_tree(tree: Mapping[str, Any]) -> PretrainConfig:
   """Validates a config tree and returns the frozen PretrainConfig."""
   tree = dict(tree)
   _check_keys("config", tree, TOP_LEVEL)
+  scheduler = tree.get("xla_cpu_scheduler", "")
+  if scheduler not in xla_cpu.SCHEDULERS:
+    raise ConfigError(f"config.xla_cpu_scheduler={scheduler!r} is not one of "
+                      f"{sorted(xla_cpu.SCHEDULERS)}")
   if tree.get("trainer", "pretrain") != "pretrain":
     raise ConfigError(f"config.trainer={tree['trainer']!r}: this is the pretrain trainer")
 
