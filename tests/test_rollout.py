@@ -186,8 +186,32 @@ def test_stop_when_ends_rows_at_a_chunk_boundary(params, prompts):
   assert {i for i, _ in seen} == {0, 1, 2, 3}
 
 
+def test_compaction_gives_the_same_rollouts_on_fewer_rows(params, prompts, wide):
+  want, wide_stats = wide  # compacted (the default): 12 rollouts start in 16 rows
+  engine = RolloutEngine(CFG, params, slots=16, max_len=MAX_LEN, compact=False)
+  got = engine.rollouts(prompts, group_size=3, max_new_tokens=MAX_NEW, temperature=1.0, seed=5,
+                        stop_ids=STOP_IDS)
+  full = engine.stats
+  assert full.compactions == 0 and full.row_steps == 16 * full.decode_steps
+  # After the first 16-step chunk at most 8 rows are live, and they move to an 8-row state: the
+  # same steps on fewer rows (3 chunks: 16 + 8 + 8 rows against 3 x 16).
+  assert wide_stats.decode_steps == full.decode_steps
+  assert wide_stats.compactions >= 1 and wide_stats.row_steps < full.row_steps * 0.75, wide_stats
+  for g, w in zip(_flat(got), _flat(want)):
+    assert g.tokens == w.tokens and g.finish_reason == w.finish_reason
+    assert_close_to_scale(g.logprobs, w.logprobs, terms=CFG.vocab_size)
+  # Fewer rollouts than slots start small: 1 prompt x 2 samples in 2 of the 16 rows.
+  small = RolloutEngine(CFG, params, slots=16, max_len=MAX_LEN)
+  one = small.rollouts(prompts[:1], group_size=2, max_new_tokens=MAX_NEW, temperature=1.0, seed=5,
+                       stop_ids=STOP_IDS)
+  assert small.stats.row_steps <= 2 * small.stats.decode_steps
+  assert [r.tokens for r in one[0]] == [r.tokens for r in want[0][:2]]
+
+
 def test_new_params_do_not_recompile(params, prompts, wide):
-  engine = RolloutEngine(CFG, slots=16, max_len=MAX_LEN)
+  # Without compaction every call decodes the same row count; with it each row count compiles
+  # once (at most log2(slots) + 1 decode programs), whatever the params.
+  engine = RolloutEngine(CFG, slots=16, max_len=MAX_LEN, compact=False)
   kwargs = dict(group_size=3, max_new_tokens=MAX_NEW, temperature=1.0, seed=5, stop_ids=STOP_IDS)
   want = engine.rollouts(prompts, params=params, **kwargs)
   sizes = [f._cache_size() for f in (rollout_lib._prefill, rollout_lib._admit, rollout_lib._decode)]

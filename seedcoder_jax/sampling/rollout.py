@@ -24,6 +24,14 @@ own prompt from being overwritten while it lives. Attention reads keys through t
 An admission rewrites the admitted rows with one select over the cache (about one decode step's
 cache traffic), at most once per chunk.
 
+Compaction: once no rollout waits, finished rows would keep decoding in lockstep with the live
+ones. When the live rows fit in half the rows or fewer, the engine gathers them (cache rows,
+tokens, positions, keys) into a power-of-two smaller state and decodes that instead, so the
+tail of a call, where a few long completions remain, runs at the cost of its live rows. A call
+with fewer rollouts than slots also starts that small. Each row count is its own compiled decode
+program (at most log2(slots) of them, reused by later calls); a mesh's data*fsdp stays the
+smallest row count.
+
 Randomness: rollout (i, g) draws its k-th token from fold_in(fold_in(fold_in(key(seed), i), g), k)
 (one uniform per row, the CDF inverted: `ops.sample_inverse_cdf`), so the samples do not depend
 on the slot count or the admission order (only float32 summation order does: the tests hold
@@ -70,6 +78,8 @@ class RolloutStats:
   admissions: int = 0        # rollouts placed into a slot
   refills: int = 0           # of those, placed into a slot that an earlier rollout had freed
   decode_chunks: int = 0
+  compactions: int = 0       # times the live rows were gathered into a smaller state
+  row_steps: int = 0         # decode rows x steps computed (live or not)
   decode_steps: int = 0      # decode steps run (chunks x chunk)
   tokens: int = 0            # completion tokens returned
 
@@ -150,6 +160,16 @@ def _admit(state, logits_PV, prompt, src_B, prompt_B, sample_B, length_B, seed, 
   return state, token_B, logprob_B
 
 
+@jax.jit
+def _compact(state, rows_R):
+  """The state of rows rows_R only (the cache's axis 1, every other per-row array's axis 0)."""
+  cache = state["cache"]
+  cache = {"k": cache["k"][:, rows_R], "v": cache["v"][:, rows_R], "valid": cache["valid"][rows_R]}
+  return dict(state, cache=kv_cache.constrain(cache), token=state["token"][rows_R],
+              position=state["position"][rows_R], step=state["step"][rows_R],
+              keys=state["keys"][rows_R])
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "n_steps", "kind"), donate_argnums=(1,))
 def _decode(params, state, *, cfg, n_steps, kind):
   """n_steps decode steps of every row; returns (state, tokens [B, N], log-probs [B, N])."""
@@ -198,14 +218,16 @@ class RolloutEngine:
     mesh: rows shard over (data, fsdp), heads over tensor; parameters are placed with
       `sharding.param_shardings`.
     chunk: decode steps per compiled chunk; the host frees and refills slots between chunks.
+    compact: once nothing waits, decode only the live rows (see the module docstring).
   """
 
   def __init__(self, cfg: ModelConfig, params=None, *, slots: int, max_len: int, mesh=None,
-               chunk: int = 16):
+               chunk: int = 16, compact: bool = True):
     if slots < 1 or chunk < 1:
       raise ValueError(f"slots={slots} and chunk={chunk} must be at least 1")
     self.cfg = cfg.replace(attention_impl="xla") if cfg.attention_impl == "splash" else cfg
     self.slots, self.max_len, self.mesh, self.chunk = slots, max_len, mesh, chunk
+    self.compact = compact
     self._multiple = 1
     if mesh is not None:
       sharding_lib.check_params_fit(cfg, mesh)
@@ -242,8 +264,13 @@ class RolloutEngine:
         raise ValueError(f"prompt {i}: its {t}-token bucket + max_new_tokens {max_new_tokens} - 1 "
                          f"exceed the engine's max_len {self.max_len}")
 
-  def _initial_state(self, temperature):
-    c, b, cfg = self.max_len, self.slots, self.cfg
+  def _rows_for(self, live: int) -> int:
+    """The smallest row count (a power of two, a multiple of the mesh's data*fsdp) >= live."""
+    m = self._multiple
+    return min(self.slots, -(-bucket(live) // m) * m)
+
+  def _initial_state(self, temperature, b):
+    c, cfg = self.max_len, self.cfg
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     shape = kv_cache.shape(cfg, b, c)
     # The cache's rows are its axis 1 ([L, B, K, C, Dh]): it is made on the devices under its
@@ -303,12 +330,13 @@ class RolloutEngine:
     out = [[None] * group_size for _ in prompts]
     queue = [(i, g) for i in range(len(prompts)) for g in range(group_size)]
     queue.reverse()  # pop() from the end takes them in order
-    slots: list[_Slot | None] = [None] * self.slots
-    used = [False] * self.slots
+    rows = self._rows_for(len(queue)) if self.compact else self.slots
+    slots: list[_Slot | None] = [None] * rows
+    used = [False] * rows
     prefilled: dict[int, tuple[dict, int]] = {}
 
     with self._context():
-      state = self._initial_state(temperature)
+      state = self._initial_state(temperature, rows)
       while queue or any(s is not None for s in slots):
         # Admit waiting rollouts into free slots (repeat: a first token may already end a row).
         while queue and None in slots:
@@ -322,10 +350,10 @@ class RolloutEngine:
             batches.setdefault(id(prefilled[i][0]), []).append((i, g, b))
           for rows in batches.values():
             batch = prefilled[rows[0][0]][0]
-            src = np.full(self.slots, -1, np.int32)
-            prompt_i = np.zeros(self.slots, np.int32)
-            sample_g = np.zeros(self.slots, np.int32)
-            length = np.zeros(self.slots, np.int32)
+            src = np.full(len(slots), -1, np.int32)
+            prompt_i = np.zeros(len(slots), np.int32)
+            sample_g = np.zeros(len(slots), np.int32)
+            length = np.zeros(len(slots), np.int32)
             for i, g, b in rows:
               src[b], prompt_i[b], sample_g[b], length[b] = prefilled[i][1], i, g, len(prompts[i])
               stats.refills += used[b]
@@ -349,6 +377,7 @@ class RolloutEngine:
                                                 kind=kind)
         stats.decode_chunks += 1
         stats.decode_steps += n_steps
+        stats.row_steps += n_steps * len(slots)
         tokens_BN, logprobs_BN = np.asarray(tokens_BN), np.asarray(logprobs_BN)
         for b, s in enumerate(slots):
           if s is not None:
@@ -357,6 +386,13 @@ class RolloutEngine:
             if stop_when is not None and not s.done and stop_when(s.prompt, s.rollout.tokens):
               s.rollout.finish_reason, s.done = "stop", True
         self._retire(slots, out, stats)
+        live = [b for b, s in enumerate(slots) if s is not None]
+        if self.compact and not queue and live and self._rows_for(len(live)) <= len(slots) // 2:
+          free = [b for b, s in enumerate(slots) if s is None]
+          keep = live + free[:self._rows_for(len(live)) - len(live)]
+          state = _compact(state, jnp.asarray(keep, jnp.int32))
+          slots = [slots[b] for b in keep]
+          stats.compactions += 1
     return out
 
   @staticmethod
