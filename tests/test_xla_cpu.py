@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from seedcoder_jax import config_files, xla_cpu
@@ -58,12 +57,21 @@ def test_the_scheduler_reaches_xla_and_changes_the_schedule():
 
 
 def test_a_change_after_the_backend_started_is_refused():
-  jax.devices()  # this test process's backend is up
-  if xla_cpu.current() == "dfs":
-    pytest.skip("this run's XLA_FLAGS already choose dfs")
-  with pytest.raises(RuntimeError, match="before JAX's backend starts"):
-    xla_cpu.set_scheduler("dfs")
-  assert xla_cpu.set_scheduler("") == xla_cpu.current()  # "" changes nothing, so it is allowed
+  # In a fresh process whose XLA_FLAGS name no scheduler, so the refusal does not depend on the
+  # flags this test run was started with.
+  code = ("import jax\n"
+          "from seedcoder_jax import xla_cpu\n"
+          "jax.devices()\n"
+          "try:\n"
+          "  xla_cpu.set_scheduler('dfs')\n"
+          "except RuntimeError as e:\n"
+          "  print('refused:', e)\n"
+          "print(xla_cpu.set_scheduler(''), xla_cpu.current())\n")
+  proc = _fresh(code)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  first, second = proc.stdout.strip().split("\n")
+  assert first.startswith("refused:") and "before JAX's backend starts" in first
+  assert second == "bfs bfs"  # "" changes nothing, so it is allowed; the default stayed
 
 
 def test_the_environment_wins_and_says_so():
