@@ -61,9 +61,9 @@ def set_scheduler(name: str) -> str:
   silently ignored)."""
   if name not in SCHEDULERS:
     raise ValueError(f"xla_cpu_scheduler={name!r} is not one of {sorted(SCHEDULERS)}")
-  xla_flags = os.environ.get("XLA_FLAGS", "")
   if not name:
     return current()
+  xla_flags = os.environ.get("XLA_FLAGS", "")
   given = _flag_value(xla_flags)
   if given is not None:
     if current() != name:

@@ -387,9 +387,10 @@ class RolloutEngine:
               s.rollout.finish_reason, s.done = "stop", True
         self._retire(slots, out, stats)
         live = [b for b, s in enumerate(slots) if s is not None]
-        if self.compact and not queue and live and self._rows_for(len(live)) <= len(slots) // 2:
+        target = self._rows_for(len(live)) if live else len(slots)
+        if self.compact and not queue and target <= len(slots) // 2:
           free = [b for b, s in enumerate(slots) if s is None]
-          keep = live + free[:self._rows_for(len(live)) - len(live)]
+          keep = live + free[:target - len(live)]
           state = _compact(state, jnp.asarray(keep, jnp.int32))
           slots = [slots[b] for b in keep]
           stats.compactions += 1
