@@ -12,7 +12,9 @@ job (--print_commands prints them), and --collect builds the report from the sha
   quality_filter   curation with the LLM oracle + scorer vs rules only, then pretraining on each
                    (Seed-Coder's Fig. 6); compared per character (the arms train their own
                    tokenizers on their own corpora, so per-token losses are not comparable).
-  commits_repo     continued pretraining with commits and repository-level documents vs files only.
+  commits_repo     continued pretraining with commits and repository-level documents vs files only:
+                   single-function likelihood, and a cross-file metric (held-out stdlib packages'
+                   files given their repository's other files, evaluation/repo_heldout.py).
 
   rl_schedule      RL with a progressive schedule (shorter completions and fewer rollouts first)
                    vs the final setting from the start: held-out pass rate and rollout tokens.
@@ -140,7 +142,8 @@ def quality_filter() -> dict:
 def commits_repo() -> dict:
   stages = ["curate", "tokenizer", "pretrain", "pretrain_phase2", "likelihood_eval"]
   base = _base(stages)
-  base["likelihood_eval"]["model"] = "pretrain_phase2"
+  base["likelihood_eval"].update(model="pretrain_phase2", cross_file=True)
+  cross_file = {"stage": "likelihood_eval", "key": "cross_file_loss", "better": "lower"}
   return {
       "name": "commits_repo",
       "description": "Continued pretraining (phase 2) on files + repository-level documents + "
@@ -153,11 +156,17 @@ def commits_repo() -> dict:
       "keys": ["pretrain_phase2.corpora", "pretrain_phase2.data.repo_level",
                "pretrain_phase2.data.weights"],
       "seeds": SEEDS, "seed_keys": ["pretrain_phase2.config.seed"],
-      "metrics": [{**_SOLUTION}, {**_FIM}],
+      "metrics": [{**_SOLUTION}, {**_FIM}, {"name": "cross_file_loss", **cross_file},
+                  {**cross_file, "name": "cross_file_gain", "key": "cross_file_gain",
+                   "better": "higher"}],
       "curves": [{"name": "train_loss", "stage": "pretrain_phase2", "y": "loss"}],
       "expect": [{"metric": "humaneval_solution_loss", "better": "files_repo_commits",
                   "worse": "files_only",
-                  "claim": "commits and repository-level documents help continued pretraining"}],
+                  "claim": "commits and repository-level documents help continued pretraining"},
+                 {"metric": "cross_file_gain", "better": "files_repo_commits",
+                  "worse": "files_only",
+                  "claim": "repository-level documents teach the model to use a repository's "
+                           "other files (loss of held-out files with vs without them)"}],
   }
 
 

@@ -161,7 +161,9 @@ def evaluate(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> d
 def likelihood_eval(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
   """Per-token loss of known answers under a trained stage's model (evaluation/likelihood.py):
   benchmarks' canonical solutions after their prompts, and FIM-HumanEval's masked lines after
-  infilling prompts in each order; `fim_middle_loss` is the order the model trained on most."""
+  infilling prompts in each order; `fim_middle_loss` is the order the model trained on most;
+  with `cross_file`, held-out files given their repository's other files (likelihood.cross_file_loss:
+  cross_file_loss, cross_file_loss_alone, cross_file_gain)."""
   from seedcoder_jax.evaluation import benchmarks, likelihood
   from seedcoder_jax.sampling import load_model
 
@@ -185,6 +187,12 @@ def likelihood_eval(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Pat
     own = "spm" if trained.get("fim_spm_fraction", 1.0) >= 0.5 else "psm"
     summary["fim_middle_loss"] = summary[f"fim_middle_loss_{own}"]
     summary["fim_order_trained"] = own
+  if options.get("cross_file", False):  # held-out stdlib packages as repositories, rows as trained
+    from seedcoder_jax.evaluation import repo_heldout
+    seq_len = json.loads((run_dir / "config.json").read_text())["data"]["seq_len"]
+    out = likelihood.cross_file_loss(cfg, params, tok, repo_heldout.load(), max_len=seq_len)
+    summary.update({f"cross_file_{k}": out[k] for k in ("loss", "loss_alone", "gain", "tokens",
+                                                          "repos")})
   print(f"[likelihood_eval] {json.dumps(summary)}")
   return summary
 

@@ -246,10 +246,89 @@ def test_likelihood_eval_stage_on_a_trained_run(tmp_path):
   (tmp_path / "tokenizer" / recipe.DONE).write_text(json.dumps({"spec": base.data.tokenizer}))
   options = {"pretrain": {"config": config, "corpora": [str(pathlib.Path(base.data.corpora[0]).absolute())],
                           "data": {"score_drop_fraction": 0.0}},
-             "likelihood_eval": {"model": "pretrain", "limit": 8}}
+             "likelihood_eval": {"model": "pretrain", "limit": 8, "cross_file": True}}
   out = recipe.run(["pretrain", "likelihood_eval"], options, tmp_path)["likelihood_eval"]
   vocab = base.prepare.vocab_size  # the tiny tokenizer the run trains with
-  for key in ("humaneval_solution_loss", "fim_middle_loss_spm", "fim_middle_loss_psm"):
+  for key in ("humaneval_solution_loss", "fim_middle_loss_spm", "fim_middle_loss_psm",
+              "cross_file_loss", "cross_file_loss_alone"):
     assert 0.5 < out[key] < 2 * math.log(vocab), (key, out[key])
+  assert out["cross_file_gain"] == out["cross_file_loss_alone"] - out["cross_file_loss"]
+  assert out["cross_file_tokens"] > 1000 and "idlelib" in out["cross_file_repos"]
   assert out["fim_order_trained"] == "spm" and out["fim_middle_loss"] == out["fim_middle_loss_spm"]
   assert out["humaneval_solution_nats_per_char"] > 0 and out["humaneval_solution_tokens"] > 100
+
+
+class _CharTokenizer:
+  """Characters as ids (ord + 10), with the special tokens repository-level documents use."""
+  bos_id, eos_id, repo_id, file_sep_id = 1, 2, 3, 4
+  special_ids = {"bos": 1, "eos": 2, "repo_name": 3, "file_sep": 4}
+
+  def encode(self, text):
+    return [ord(c) % 80 + 10 for c in text]
+
+
+def _repo(files):
+  from seedcoder_jax.evaluation import repo_heldout
+  return repo_heldout.Repository("pkg", tuple(sorted(files.items())))
+
+
+def test_cross_file_pairs_follow_the_repository_document_layout():
+  tok = _CharTokenizer()
+  enc = tok.encode
+  # c imports b, b imports a: dependency order a, b, c whatever the tie-break.
+  repo = _repo({"c.py": "from . import b\n", "a.py": "A = 1\n", "b.py": "from . import a\n"})
+  pairs = likelihood.cross_file_pairs(tok, repo, files_per_repo=2, target_tokens=5,
+                                      context_tokens=1000)
+  head = [1, 3] + enc("pkg")
+  part = lambda p, t: [4] + enc(p + "\n") + enc(t)
+  (with_b, alone_b), (with_c, alone_c) = pairs
+  assert with_b == (head + part("a.py", "A = 1\n") + [4] + enc("b.py\n"), enc("from ")[:5])
+  assert alone_b == (head + [4] + enc("b.py\n"), with_b[1])
+  assert with_c[0] == (head + part("a.py", "A = 1\n") + part("b.py", "from . import a\n")
+                       + [4] + enc("c.py\n"))
+  assert alone_c == (head + [4] + enc("c.py\n"), enc("from "))
+  # A context budget keeps the nearest tokens: the end of b.py and c.py's own header.
+  _, ((short, _), _) = likelihood.cross_file_pairs(tok, repo, files_per_repo=2, target_tokens=5,
+                                                   context_tokens=12)
+  assert short == with_c[0][-12:]
+
+
+def test_cross_file_loss_is_target_loss_with_and_without_the_other_files():
+  cfg = model.preset("tiny", vocab_size=97, max_seq_len=64)
+  params = model.init_params(cfg, seed=2)
+  tok = _CharTokenizer()
+  repo = _repo({"a.py": "def f():\n  return 1\n" * 3, "b.py": "from . import a\nx = a.f()\n",
+                "c.py": "import b\nprint(b.x)\n"})
+  got = likelihood.cross_file_loss(cfg, params, tok, [repo], target_tokens=16, max_len=48)
+  pairs = likelihood.cross_file_pairs(tok, repo, files_per_repo=8, target_tokens=16,
+                                      context_tokens=33)
+  with_ctx = likelihood.target_loss(cfg, params, [w for w, _ in pairs], max_len=48)
+  alone = likelihood.target_loss(cfg, params, [a for _, a in pairs], max_len=48)
+  assert got["loss"] == with_ctx["loss"] and got["loss_alone"] == alone["loss"]
+  assert got["gain"] == alone["loss"] - with_ctx["loss"] and got["truncated"] == 0
+  assert got["examples"] == 2 and got["tokens"] == with_ctx["tokens"] == alone["tokens"] == 32
+  assert got["repos"] == ["pkg"]
+  no_sep = type("NoSep", (_CharTokenizer,), {"special_ids": {"bos": 1, "repo_name": 3}})()
+  with pytest.raises(ValueError, match=r"no \['file_sep'\] token"):
+    likelihood.cross_file_loss(cfg, params, no_sep, [repo])
+  with pytest.raises(ValueError, match="leaves no context"):
+    likelihood.cross_file_loss(cfg, params, tok, [repo], target_tokens=48, max_len=48)
+
+
+def test_heldout_repositories_are_not_curated_and_load_as_ingest_names_them(tmp_path):
+  from seedcoder_jax.evaluation import repo_heldout
+  curated = {pathlib.Path(p).name for p in config_files.load("curation:tiny").ingest.inputs}
+  assert "json" in curated and not set(repo_heldout.PACKAGES) & curated
+  (tmp_path / "re" / "__pycache__").mkdir(parents=True)
+  (tmp_path / "re" / "_parser.py").write_text("P = 1\n")
+  (tmp_path / "re" / "__init__.py").write_text("from . import _parser\n")
+  (tmp_path / "re" / "__pycache__" / "x.py").write_text("cached\n")
+  (tmp_path / "re" / "notes.txt").write_text("not python\n")
+  (tmp_path / "venv").mkdir()
+  (tmp_path / "venv" / "__init__.py").write_text("alone\n")  # one file: no cross-file context
+  repos = repo_heldout.load(root=tmp_path)
+  assert repos == [repo_heldout.Repository(
+      "re", (("__init__.py", "from . import _parser\n"), ("_parser.py", "P = 1\n")))]
+  with pytest.raises(FileNotFoundError, match="none of the held-out packages"):
+    repo_heldout.load(packages=("venv", "absent"), root=tmp_path)
+  assert len(repo_heldout.load()) >= 5  # this interpreter's stdlib

@@ -7,6 +7,7 @@ loss of a masked middle given a FIM prompt (the paper's FIM ablation, measured w
   loss = target_loss(cfg, params, pairs)                      # pairs: [(context_ids, target_ids)]
   solution_loss(cfg, params, tok, problems)                   # canonical solution | prompt
   fim_middle_loss(cfg, params, tok, problems, order="spm")    # middle | FIM prompt (fim_humaneval)
+  cross_file_loss(cfg, params, tok, repos)                    # a file | its repository's others
 
 Every figure is sum(-log p(target token)) / (number of target tokens), float32, over all pairs;
 solution_loss also gives it per character of the solutions (`nats_per_char`), which compares
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seedcoder_jax import model as model_lib
-from seedcoder_jax.input import fim
+from seedcoder_jax.input import fim, repo_level
 from seedcoder_jax.train import losses
 
 
@@ -106,3 +107,63 @@ def fim_middle_loss(cfg, params, tok, problems, order: str = fim.SPM, **kw) -> d
   pairs = [(_with_bos(tok, fim_prompt(tok, p.prompt, p.suffix, order)), tok.encode(p.target))
            for p in problems if p.target]
   return target_loss(cfg, params, pairs, **kw)
+
+
+def cross_file_pairs(tok, repo, *, files_per_repo: int, target_tokens: int, context_tokens: int):
+  """(with-context pair, without-context pair) per target file of one repository.
+
+  The files are laid out as the pretraining pipeline's repository-level documents
+  (input/repo_level.py: dependency order, `<s> <repo_name> name <file_sep> path \\n content ...`),
+  with a fixed tie-break seed. The targets are the last `files_per_repo` files of that order (the
+  ones with the most of the repository before them), each cut to its first `target_tokens` tokens.
+  With context, the files before it (nearest first, up to `context_tokens` tokens) and its own
+  header precede it; without, only the repository and file header do. Same target tokens in both.
+  """
+  paths = [p for p, _ in repo.files]
+  texts = [t for _, t in repo.files]
+  order = repo_level.dependency_order(paths, texts, ["python"] * len(paths),
+                                      np.random.default_rng(0))
+  head = [tok.bos_id, tok.repo_id] + tok.encode(repo.name)
+  file_ids = lambda i: [tok.file_sep_id] + tok.encode(paths[i] + "\n")
+  out = []
+  for k in range(max(1, len(order) - files_per_repo), len(order)):
+    target = tok.encode(texts[order[k]])[:target_tokens]
+    if len(target) < 2:
+      continue
+    before = []
+    for j in reversed(order[:k]):  # nearest files first, until the context budget is spent
+      before = file_ids(j) + tok.encode(texts[j]) + before
+      if len(before) >= context_tokens:
+        break
+    own = file_ids(order[k])
+    with_context = (head + before + own)[-context_tokens:]
+    out.append(((with_context, target), (head + own, target)))
+  return out
+
+
+def cross_file_loss(cfg, params, tok, repos, *, files_per_repo: int = 8, target_tokens: int = 128,
+                    max_len: int | None = None, **kw) -> dict:
+  """Repository-level likelihood: the per-token loss of held-out files given the other files of
+  their repository before them (`loss`), the same tokens given only the repository and file
+  header (`loss_alone`), and `gain` = loss_alone - loss, the nats per token the model takes from
+  other files (what repository-level pretraining should teach). `repos`: repo_heldout.load()'s.
+  Each row holds at most `max_len` tokens (default: the model's max_seq_len); the context fills
+  what the target leaves."""
+  missing = [n for n in ("repo_name", "file_sep") if tok.special_ids.get(n) is None]
+  if missing:
+    raise ValueError(f"the tokenizer has no {missing} token(s): repository-level documents "
+                     "cannot be laid out (train it with the project's special tokens)")
+  max_len = max_len or cfg.max_seq_len
+  if target_tokens >= max_len:
+    raise ValueError(f"target_tokens={target_tokens} leaves no context in rows of {max_len}")
+  pairs = [p for repo in repos for p in cross_file_pairs(
+      tok, repo, files_per_repo=files_per_repo, target_tokens=target_tokens,
+      context_tokens=max_len + 1 - target_tokens)]
+  if not pairs:
+    raise ValueError(f"no target file in {len(repos)} repositories")
+  with_context = target_loss(cfg, params, [w for w, _ in pairs], max_len=max_len, **kw)
+  alone = target_loss(cfg, params, [a for _, a in pairs], max_len=max_len, **kw)
+  return {"loss": with_context["loss"], "loss_alone": alone["loss"],
+          "gain": alone["loss"] - with_context["loss"], "tokens": with_context["tokens"],
+          "examples": with_context["examples"], "truncated": with_context["truncated"],
+          "repos": [r.name for r in repos]}
