@@ -323,7 +323,7 @@ def verdict(expect: dict, metric: dict, final: dict) -> dict:
   out.update(result=result, margin=margin, noise=noise,
              line=f"{expect['claim']}: {result} — {metric['name']} {expect['better']} "
                   f"{better['mean']:.4f} vs {expect['worse']} {worse['mean']:.4f} (margin "
-                  f"{margin:+.4f}, positive in the expected direction; {noise_text})")
+                  f"{margin:+.4f}, positive = the expected direction; {noise_text})")
   return out
 
 
