@@ -27,8 +27,9 @@ job (--print_commands prints them), and --collect builds the report from the sha
                    docs vs licence texts; curation/web_heldout.py). No model, no curation
                    stage: seconds per arm.
 
-Not here yet: RL from Base vs from Instruct (no base model of the same family ships here, and the
-recipe has no LongCoT warmup stage yet).
+Not here yet: RL from Base vs from Instruct. No base model of SmolLM2's family ships here, and the
+recipe's LongCoT warmup gets no traces from SmolLM2-135M-Instruct (it never reasons in <think>);
+docs/ablations.md.
 """
 
 import copy
