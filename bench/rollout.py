@@ -8,10 +8,10 @@ chat-formatted coding requests (cycled to --prompts) and rows stop at the tokeni
 completions have the uneven lengths RL sees. --preset instead uses random weights of a preset's
 shape, random prompts of --prompt_len tokens and --eos_id as the stop id.
 
-One `rollouts` call (plain temperature sampling, --slots decode rows, shared prefill, slot
-refill) is run once to compile and then timed --repeats times with the same seed (the same work
-each time); tokens/s = completion tokens (EOS included) / wall time of the whole call, prefill
-included; the median run is reported.
+One `rollouts` call (plain temperature sampling, --slots decode rows, by default every rollout at
+once; fewer exercise slot refill; shared prefill) is run once to compile and then timed --repeats
+times with the same seed (the same work each time); tokens/s = completion tokens (EOS included) /
+wall time of the whole call, prefill included; the median run is reported.
 
 --compare_torch then writes the same float32 weights as a Hugging Face checkpoint and times
 transformers' `generate(num_return_sequences=G, do_sample=True, top_k=0, top_p=1.0)` on the same
@@ -43,7 +43,9 @@ _PROMPTS = flags.DEFINE_integer("prompts", 8, "B: prompts per call")
 _GROUP = flags.DEFINE_integer("group_size", 4, "G: rollouts per prompt")
 _NEW = flags.DEFINE_integer("max_new_tokens", 128, "completion length cap")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.6, "sampling temperature (the paper's RL: 0.6)")
-_SLOTS = flags.DEFINE_integer("slots", 16, "decode rows of the engine")
+_SLOTS = flags.DEFINE_integer(
+    "slots", 0, "decode rows of the engine (0: prompts x group_size, every rollout at once, as "
+    "transformers' generate decodes them and as configs/rl.py:demo's 32 slots hold its 4 x 8)")
 _CHUNK = flags.DEFINE_integer("chunk", 16, "decode steps between host checks")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "--preset: tokens per random prompt")
 _EOS = flags.DEFINE_integer("eos_id", 2, "--preset: the stop id")
@@ -116,7 +118,8 @@ def main(argv):
   longest = max(len(p) for p in prompts)
   # The tightest cache for these prompts: decode reads every column each step.
   max_len = rollout_lib.bucket(longest, rollout_lib.MIN_PROMPT_BUCKET) + _NEW.value
-  engine = RolloutEngine(cfg, params, slots=_SLOTS.value, max_len=max_len, chunk=_CHUNK.value)
+  slots = _SLOTS.value or _PROMPTS.value * _GROUP.value
+  engine = RolloutEngine(cfg, params, slots=slots, max_len=max_len, chunk=_CHUNK.value)
 
   def run():
     return engine.rollouts(prompts, group_size=_GROUP.value, max_new_tokens=_NEW.value,
@@ -136,7 +139,7 @@ def main(argv):
   result = {
       **cfg.hf_names(), "batch_size": _PROMPTS.value, "group_size": _GROUP.value,
       "seq_len": longest + _NEW.value, "max_new_tokens": _NEW.value,
-      "temperature": _TEMPERATURE.value, "weights": weights, "slots": _SLOTS.value,
+      "temperature": _TEMPERATURE.value, "weights": weights, "slots": slots,
       "chunk": _CHUNK.value, "cache_len": max_len,
       "tokens_per_s": round(rate, 1), "wall_s": round(wall, 2), "first_call_s": round(first_s, 2),
       "tokens": sum(lengths), "rows": len(lengths),
