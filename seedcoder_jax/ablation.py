@@ -146,6 +146,10 @@ def check(ablation: dict) -> None:
   base = ablation["base"]
   for arm in ablation["arms"]:
     for seed in seeds:
+      try:
+        recipe.check_options(list(ablation["stages"]), arm_options(ablation, arm, seed))
+      except ValueError as e:
+        raise AblationError(f"ablation.base or arm {arm!r}: {e}") from e
       changed = diff(base, arm_options(ablation, arm, seed))
       stray = {k: v for k, v in changed.items()
                if not _covered(k, ablation["keys"]) and k not in seed_keys}

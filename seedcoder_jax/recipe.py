@@ -223,12 +223,47 @@ STAGES: dict[str, Stage] = {
 }
 STAGES.update(recipe_posttrain.STAGES)
 
+# The options each stage reads ({key: the nested keys it reads, or None: not checked below it});
+# configs/recipe.py documents them. A stage missing here checks its own (web_classifier_eval,
+# reasoning_traces) or takes any.
+OPTIONS: dict[str, dict] = {
+    "import_base": dict.fromkeys(("gguf", "dtype", "prompt", "max_new_tokens")),
+    "model_bench": dict.fromkeys(("preset", "compute_dtype", "batch_size", "seq_len")),
+    "curate": dict.fromkeys(("variant", "overrides")),
+    "tokenizer": dict.fromkeys(("vocab_size", "max_chars", "seed")),
+    "pretrain": dict.fromkeys(("config", "corpora", "data")),
+    "pretrain_phase2": dict.fromkeys(("config", "corpora", "data")),
+    "evaluate": dict.fromkeys(("benchmark", "prompt_style", "max_new_tokens", "limit",
+                               "batch_size", "workers")),
+    "likelihood_eval": dict.fromkeys(("model", "limit", "benchmarks", "fim", "cross_file")),
+    **recipe_posttrain.OPTIONS,
+}
+
+
+def check_options(stages: list[str], options: dict[str, dict]) -> None:
+  """Refuses, before any stage runs, an option a stage does not read (a misspelt key would
+  otherwise be ignored and the stage run with its default)."""
+  for stage in stages:
+    known = OPTIONS.get(stage)
+    if known is None:
+      continue
+    for key, value in (options.get(stage) or {}).items():
+      if key not in known:
+        raise ValueError(f"recipe option {stage}.{key}: not an option of this stage; known: "
+                         f"{sorted(known)}")
+      if known[key] is not None and isinstance(value, dict):
+        extra = sorted(set(value) - set(known[key]))
+        if extra:
+          raise ValueError(f"recipe option {stage}.{key}.{extra[0]}: not an option of this "
+                           f"stage; known: {sorted(known[key])}")
+
 
 def run(stages: list[str], options: dict[str, dict], workdir) -> dict:
   """Runs the named stages in order, skipping finished ones; returns {stage: summary}."""
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise ValueError(f"unknown recipe stages {unknown}; known: {list(STAGES)}")
+  check_options(stages, options)
   workdir = pathlib.Path(workdir)
   summaries = {}
   for name in stages:

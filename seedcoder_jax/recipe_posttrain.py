@@ -257,3 +257,12 @@ def rl(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
 
 STAGES = {"problems": problems, "instruct": instruct, "sft": sft, "dpo_pairs": dpo_pairs,
           "dpo": dpo, "reasoning_traces": reasoning_traces, "warmup": warmup, "rl": rl}
+_MEASURE = {"heldout_limit", "max_new_tokens", "humaneval_limit"}
+# The options each stage reads ({key: nested keys or None}); recipe.check_options refuses others.
+# reasoning_traces checks its own (TracesConfig's fields).
+OPTIONS = {"problems": {"source": None, "limit": None, "workers": None}, "instruct": {},
+           "sft": {"measure": _MEASURE, "overrides": None},
+           "dpo_pairs": dict.fromkeys(("train_limit", "heldout_limit", "samples_per_prompt",
+                                       "temperature", "max_new_tokens")),
+           "dpo": {"measure": _MEASURE, "overrides": None}, "warmup": {"overrides": None},
+           "rl": {"init": None, "overrides": None}}

@@ -78,6 +78,12 @@ def test_arms_differing_outside_the_named_keys_are_refused(fake_stages):
     ablation.check(_spec(seed_keys=["prep.n"]))
   with pytest.raises(ablation.AblationError, match="per_arm"):
     ablation.check(_spec(per_arm=["score"]))
+  # A base option no stage reads (a real stage's misspelt key) is refused before any arm runs.
+  spec = config_files.load("configs/ablations.py:commits_repo").to_dict()
+  spec["base"]["likelihood_eval"]["cross_files"] = True
+  with pytest.raises(ablation.AblationError,
+                     match=r"recipe option likelihood_eval\.cross_files: not an option"):
+    ablation.check(spec)
 
 
 def test_runner_runs_every_arm_resumes_and_reports_failed_arms(fake_stages, tmp_path):

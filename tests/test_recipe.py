@@ -23,6 +23,33 @@ def test_unknown_stage_is_refused_before_any_work(tmp_path):
   assert not any(tmp_path.iterdir())
 
 
+def test_misspelt_stage_options_are_refused_before_any_work(tmp_path):
+  options = {"model_bench": {"preset": "tiny", "batch_size": 2, "seq_len": 32},
+             "tokenizer": {"vocab_sise": 512, "max_chars": 1000}}
+  with pytest.raises(ValueError, match=r"recipe option tokenizer\.vocab_sise: not an option "
+                                       r"of this stage; known: \['max_chars', 'seed', 'vocab_size'\]"):
+    recipe.run(["model_bench", "tokenizer"], options, tmp_path)
+  assert not any(tmp_path.iterdir())
+  measure = {"heldout_limit": 4, "max_new_tokens": 8, "humaneval_limt": 2}
+  with pytest.raises(ValueError, match=r"recipe option sft\.measure\.humaneval_limt"):
+    recipe.run(["sft"], {"sft": {"measure": measure}}, tmp_path)
+  assert not any(tmp_path.iterdir())
+
+
+def test_every_stage_declares_its_options_and_the_shipped_configs_use_only_those():
+  from seedcoder_jax import ablation, config_files
+  self_checked = {"web_classifier_eval", "reasoning_traces"}  # they refuse unknown keys themselves
+  assert set(recipe.STAGES) == set(recipe.OPTIONS) | self_checked
+  c = config_files.load("configs/recipe.py:tiny")
+  stages = list(recipe.STAGES)
+  recipe.check_options(stages, {name: c[name].to_dict() for name in stages if name in c})
+  for name in ("fim_order", "fim_level", "quality_filter", "commits_repo", "rl_schedule",
+               "rl_curriculum", "web_hard_negatives"):
+    spec = config_files.load(f"configs/ablations.py:{name}").to_dict()
+    for arm in spec["arms"]:
+      recipe.check_options(spec["stages"], ablation.arm_options(spec, arm, spec["seeds"][0]))
+
+
 def test_report_shows_every_stage_the_chain_and_the_curves(tmp_path):
   from seedcoder_jax import recipe_report
 
