@@ -50,4 +50,11 @@ def test_rollout_bench_prints_one_json_line():
   assert result["rows"] == 6 and result["tokens"] <= 6 * 8 and result["tokens_per_s"] > 0
   # 6 rollouts through 4 slots: one prefill per prompt, 2 slots refilled.
   assert result["stats"]["prefills"] == 3 and result["stats"]["refills"] == 2
+  # Without --slots, every rollout gets a slot at once (as generate decodes them): no refill.
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "bench" / "rollout.py"), "--preset=tiny", "--prompts=2",
+       "--group_size=2", "--max_new_tokens=4", "--chunk=4", "--prompt_len=8"],
+      env=env, check=True, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  default = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert default["slots"] == 4 and default["stats"]["refills"] == 0
   assert result["machine"]["platform"] == "cpu"
