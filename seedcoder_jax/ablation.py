@@ -146,11 +146,12 @@ def check(ablation: dict) -> None:
   base = ablation["base"]
   for arm in ablation["arms"]:
     for seed in seeds:
+      options = arm_options(ablation, arm, seed)
       try:
-        recipe.check_options(list(ablation["stages"]), arm_options(ablation, arm, seed))
+        recipe.check_options(list(ablation["stages"]), options)
       except ValueError as e:
         raise AblationError(f"ablation.base or arm {arm!r}: {e}") from e
-      changed = diff(base, arm_options(ablation, arm, seed))
+      changed = diff(base, options)
       stray = {k: v for k, v in changed.items()
                if not _covered(k, ablation["keys"]) and k not in seed_keys}
       if stray:

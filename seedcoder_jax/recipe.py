@@ -170,6 +170,7 @@ def likelihood_eval(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Pat
   model_stage = options.get("model", "pretrain")
   run_dir = workdir / model_stage / "run"
   cfg, params, tok = load_model(f"workdir:{run_dir}")
+  trained = json.loads((run_dir / "config.json").read_text())["data"]  # the run's input options
   limit = options.get("limit") or None
   summary = {"model": model_stage}
   for name in options.get("benchmarks", ["humaneval"]):
@@ -183,14 +184,13 @@ def likelihood_eval(options: dict, stage_dir: pathlib.Path, workdir: pathlib.Pat
     for order in ("spm", "psm"):
       summary[f"fim_middle_loss_{order}"] = likelihood.fim_middle_loss(
           cfg, params, tok, problems, order=order)["loss"]
-    trained = json.loads((run_dir / "config.json").read_text())["data"]
     own = "spm" if trained.get("fim_spm_fraction", 1.0) >= 0.5 else "psm"
     summary["fim_middle_loss"] = summary[f"fim_middle_loss_{own}"]
     summary["fim_order_trained"] = own
   if options.get("cross_file", False):  # held-out stdlib packages as repositories, rows as trained
     from seedcoder_jax.evaluation import repo_heldout
-    seq_len = json.loads((run_dir / "config.json").read_text())["data"]["seq_len"]
-    out = likelihood.cross_file_loss(cfg, params, tok, repo_heldout.load(), max_len=seq_len)
+    out = likelihood.cross_file_loss(cfg, params, tok, repo_heldout.load(),
+                                     max_len=trained["seq_len"])
     summary.update({f"cross_file_{k}": out[k] for k in ("loss", "loss_alone", "gain", "tokens",
                                                           "repos")})
   print(f"[likelihood_eval] {json.dumps(summary)}")

@@ -125,14 +125,15 @@ def cross_file_pairs(tok, repo, *, files_per_repo: int, target_tokens: int, cont
                                       np.random.default_rng(0))
   head = [tok.bos_id, tok.repo_id] + tok.encode(repo.name)
   file_ids = lambda i: [tok.file_sep_id] + tok.encode(paths[i] + "\n")
+  text_ids = functools.cache(lambda i: tok.encode(texts[i]))  # a target is the next one's context
   out = []
   for k in range(max(1, len(order) - files_per_repo), len(order)):
-    target = tok.encode(texts[order[k]])[:target_tokens]
+    target = text_ids(order[k])[:target_tokens]
     if len(target) < 2:
       continue
     before = []
     for j in reversed(order[:k]):  # nearest files first, until the context budget is spent
-      before = file_ids(j) + tok.encode(texts[j]) + before
+      before = file_ids(j) + text_ids(j) + before
       if len(before) >= context_tokens:
         break
     own = file_ids(order[k])
