@@ -6,6 +6,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from numerics import assert_close_to_scale
 from seedcoder_jax import model as model_lib
 from seedcoder_jax import sharding as sharding_lib
 from seedcoder_jax import tokenizer as tokenizer_lib
+from seedcoder_jax.model import decoder, kv_cache
 from seedcoder_jax.input import fim
 from seedcoder_jax.sampling import Sampler, SamplingParams, fim_prompt, generate, ops, reference
 from seedcoder_jax.sampling import sampler as sampler_lib
@@ -333,6 +335,37 @@ def test_sharded_equals_single_device(params, sampler, prompts):
   for c, e in zip(got, expected):
     # Sharded matmuls and softmax sum in another order: relative to the log-probs' scale.
     assert_close_to_scale(c.logprobs, e.logprobs, terms=CFG.vocab_size)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_kernels_cast_once_give_the_same_logits(tie):
+  """kv_cache.cast_params (the sampler's and the rollout engine's parameters) casts each kernel to
+  the compute dtype once; the model casts float32 kernels on every application. Same operands, so
+  the same logits and cache to the last bit, in prefill and in decoding."""
+  cfg = CFG.replace(compute_dtype="bfloat16", tie_embeddings=tie)
+  params = model_lib.init_params(cfg, seed=2)
+  cast = kv_cache.cast_params(cfg, params)
+  kernels = [x for p, x in jax.tree_util.tree_leaves_with_path(cast) if p[-1].key == "kernel"]
+  assert kernels and all(x.dtype == jnp.bfloat16 for x in kernels)
+  assert cast["embed"]["embedding"].dtype == jnp.float32  # the lookup reads float32
+  assert (decoder.TIED_HEAD in cast) == tie
+  rng = np.random.default_rng(3)
+  tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 8)), jnp.int32)
+  ones, positions = jnp.ones_like(tokens), jnp.broadcast_to(jnp.arange(8), tokens.shape)
+  prefill = jax.jit(kv_cache.prefill, static_argnums=(0, 5))
+  decode = jax.jit(kv_cache.decode_step, static_argnums=0)
+  out = {}
+  for name, p in (("float32", params), ("cast", cast)):
+    logits, cache = prefill(cfg, p, tokens, ones, positions, 16)
+    step_logits, cache = decode(cfg, p, cache, tokens[:, -1], jnp.full((2,), 8), 8)
+    out[name] = (logits, step_logits, cache["k"], cache["v"])
+  for a, b in zip(out["float32"], out["cast"]):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  # float32 compute: nothing to cast
+  f32 = CFG.replace(tie_embeddings=tie)
+  same = kv_cache.cast_params(f32, model_lib.init_params(f32, seed=2))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(same))
+  assert decoder.TIED_HEAD not in same
 
 
 # --- transformers' greedy generate on SmolLM2-135M's real weights -----------------------------

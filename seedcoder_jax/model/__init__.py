@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from seedcoder_jax.model.config import PRESETS, ModelConfig, RopeScaling, preset
-from seedcoder_jax.model.decoder import Decoder
+from seedcoder_jax.model.decoder import Decoder, compute_params
 
 __all__ = [
-    "ModelConfig", "RopeScaling", "PRESETS", "preset", "forward", "hidden_states", "init_params", "abstract_params",
+    "ModelConfig", "RopeScaling", "PRESETS", "preset", "compute_params", "forward", "hidden_states", "init_params", "abstract_params",
     "logical_axes", "stack_layers", "unstack_layers",
 ]
 

@@ -45,6 +45,31 @@ def _dtype(name: str):
   return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
 
+TIED_HEAD = "tied_head"  # compute_params' extra entry: the tied head's table in the compute dtype
+
+
+def compute_params(cfg: ModelConfig, params):
+  """params with every projection kernel already in the compute dtype, for programs that apply the
+  same parameters many times without differentiating them (decoding).
+
+  DenseGeneral casts its float32 kernel to the compute dtype on every application; inside a decode
+  loop XLA:CPU does that cast on every step, reading every float32 kernel (and, for a tied head,
+  the [V, D] table) and writing its bfloat16 copy. Casting once beforehand gives the same operands,
+  so the same logits to the last bit (tests/test_sampling.py), with half the bytes to read a step.
+  A tied head gets its own cast copy (TIED_HEAD): the embedding lookup keeps reading float32.
+  float32 compute returns params unchanged. Not for training: gradients need the float32 leaves.
+  """
+  dtype = _dtype(cfg.compute_dtype)
+  if dtype == jnp.float32:
+    return params
+  cast = jax.tree_util.tree_map_with_path(
+      lambda path, x: x.astype(dtype) if getattr(path[-1], "key", None) == "kernel" else x,
+      params)
+  if cfg.tie_embeddings:
+    cast = {**cast, TIED_HEAD: params["embed"]["embedding"].astype(dtype)}
+  return cast
+
+
 class DenseGeneral(nn.Module):
   """A bias-free projection: einsum of x with a float32 kernel cast to the compute dtype."""
 
@@ -227,7 +252,10 @@ class Decoder(nn.Module):
       return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
     if c.tie_embeddings:
       dtype = _dtype(c.compute_dtype)
-      logits_BTV = linear.projection("btd,vd->btv", x_BTD.astype(dtype), embed_VD.astype(dtype))
+      # compute_params may have cast the table for the head once, for many decode steps
+      head_VD = (self.get_variable("params", TIED_HEAD) if self.has_variable("params", TIED_HEAD)
+                 else embed_VD.astype(dtype))
+      logits_BTV = linear.projection("btd,vd->btv", x_BTD.astype(dtype), head_VD)
     else:
       logits_BTV = DenseGeneral((c.d_model, c.vocab_size), ("embed", "vocab"), "btd,dv->btv", c,
                                 name="lm_head")(x_BTD)

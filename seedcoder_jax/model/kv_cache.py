@@ -18,12 +18,14 @@ Under a mesh (`seedcoder_jax.sharding.activate`) the cache shards like the activ
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from seedcoder_jax.model.config import ModelConfig
-from seedcoder_jax.model.decoder import Decoder
+from seedcoder_jax.model.decoder import Decoder, compute_params
 
 CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
 
@@ -39,6 +41,14 @@ def constrain(cache):
   return {"k": nn.with_logical_constraint(cache["k"], CACHE_AXES),
           "v": nn.with_logical_constraint(cache["v"], CACHE_AXES),
           "valid": nn.with_logical_constraint(cache["valid"], ("batch", "length"))}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def cast_params(cfg: ModelConfig, params):
+  """decoder.compute_params as one program: the parameters for prefill and decode_step, their
+  projection kernels cast to the compute dtype once rather than on every step (same logits).
+  Jitted, so the cast copies keep the parameters' shardings."""
+  return compute_params(cfg, params)
 
 
 def prefill(cfg: ModelConfig, params, tokens_BT, segment_ids_BT, positions_BT, cache_len: int):

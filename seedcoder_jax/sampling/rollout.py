@@ -319,9 +319,11 @@ class RolloutEngine:
     """
     prompts = [[int(t) for t in p] for p in prompts]
     self._check(prompts, group_size, max_new_tokens, temperature)
-    params = self._place_params(self.params if params is None else params)
+    params = self.params if params is None else params
     if params is None:
       raise ValueError("no params: pass them to RolloutEngine or to rollouts")
+    # the kernels in the compute dtype once per call, not once per decode step (same logits)
+    params = kv_cache.cast_params(self.cfg, self._place_params(params))
     stop_ids = frozenset(int(s) for s in stop_ids)
     kind = _kind(temperature)
     # Short completions need no long chunk (one decode program per call shape, as the Sampler).

@@ -207,7 +207,7 @@ class Sampler:
         raise ValueError(f"max_batch={max_batch} is not a multiple of the mesh's data*fsdp = "
                          f"{self._batch_multiple}")
       params = jax.device_put(params, sharding_lib.param_shardings(cfg, mesh))
-    self.params = params
+    self.params = kv_cache.cast_params(self.cfg, params)  # the kernels in the compute dtype, once
 
   # --- inputs ---------------------------------------------------------------------------------
 
