@@ -11,10 +11,12 @@ prefill_len-token prompt with 1 new token. Medians over repeats, after a warm-up
 compiles. The line carries the model shape under Hugging Face's names, batch_size, seq_len
 (prompt_len + new_tokens), tokens_per_s and the machine.
 
---compare_torch then times transformers' greedy `generate` (KV cache, float32) on the same shape,
-batch and lengths (bench/reference/torch_generate.py in the .venv-ref interpreter, after our run
-so the two never share the cores) and adds torch_tokens_per_s, torch_prefill_s,
-speedup_vs_torch and the torch run's details under "torch".
+--compare_torch then times transformers' greedy `generate` (KV cache) on the same shape, batch
+and lengths in each of --torch_dtypes (bench/reference/torch_generate.py in the .venv-ref
+interpreter, after our run so the two never share the cores) and adds torch_tokens_per_s and
+torch_prefill_s (float32), torch_bf16_tokens_per_s, speedup_vs_torch (ours over torch's fastest
+dtype measured: the issue's "torch at its best setting") and the torch runs under "torch".
+--compute_dtype=auto picks ours per machine (bfloat16 on CPUs with native bf16: perf.py).
 """
 
 import json
@@ -38,7 +40,11 @@ _PROMPT = flags.DEFINE_integer("prompt_len", 128, "tokens per prompt for the dec
 _NEW = flags.DEFINE_integer("new_tokens", 64, "new tokens per prompt")
 _PREFILL = flags.DEFINE_integer("prefill_len", 1024, "prompt tokens for the prefill figure")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per figure (median reported)")
-_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "matmul dtype")
+_DTYPE = flags.DEFINE_enum("compute_dtype", "auto", ["float32", "bfloat16", "auto"],
+                           "matmul dtype (auto: perf.auto_compute_dtype)")
+_TORCH_DTYPES = flags.DEFINE_list(
+    "torch_dtypes", ["float32", "bfloat16"],
+    "transformers' dtypes for --compare_torch (bfloat16: weights and activations in bfloat16)")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "torch intra-op threads for --compare_torch (0: all cores)")
 _XLA_CPU_SCHEDULER = xla_cpu.define_flag()
@@ -62,12 +68,13 @@ def _median_s(fn, repeats: int) -> float:
 
 
 def torch_figures(cfg, batch_size, prompt_len, new_tokens, prefill_len, repeats,
-                  threads) -> dict:
+                  threads, dtype) -> dict:
   shape = {**cfg.hf_names(), "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
            "tie_word_embeddings": cfg.tie_embeddings}
   args = [f"--shape={json.dumps(shape)}", f"--batch_size={batch_size}",
           f"--prompt_len={prompt_len}", f"--new_tokens={new_tokens}",
-          f"--prefill_len={prefill_len}", f"--repeats={repeats}", f"--threads={threads}"]
+          f"--prefill_len={prefill_len}", f"--repeats={repeats}", f"--threads={threads}",
+          f"--dtype={dtype}"]
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
   env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
   proc = subprocess.run([str(REF_PYTHON), str(TORCH_SCRIPT), *args], capture_output=True,
@@ -84,9 +91,12 @@ def main(argv):
   if _COMPARE_TORCH.value and not REF_PYTHON.exists():
     raise app.UsageError(f"--compare_torch needs the reference environment {REF_PYTHON} "
                          "(`make install-ref`, or set SEEDCODER_REF_PYTHON)")
+  bad = sorted(set(_TORCH_DTYPES.value) - {"float32", "bfloat16"})
+  if bad or not _TORCH_DTYPES.value:
+    raise app.UsageError(f"--torch_dtypes: got {_TORCH_DTYPES.value}; choose from float32, bfloat16")
   if _NEW.value < 2:
     raise app.UsageError(f"--new_tokens={_NEW.value} must be at least 2")
-  cfg = model_lib.preset(_PRESET.value, compute_dtype=_DTYPE.value)
+  cfg = model_lib.preset(_PRESET.value, compute_dtype=perf.resolve_compute_dtype(_DTYPE.value))
   b, t, n = _BATCH.value, _PROMPT.value, _NEW.value
   max_len = max(t + n, _PREFILL.value + 1)
   params = model_lib.init_params(cfg)
@@ -110,9 +120,17 @@ def main(argv):
       "xla_cpu_scheduler": xla_cpu.current(),
   }
   if _COMPARE_TORCH.value:
-    ref = torch_figures(cfg, b, t, n, _PREFILL.value, _REPEATS.value, _TORCH_THREADS.value)
-    result.update(torch_tokens_per_s=ref["tokens_per_s"], torch_prefill_s=ref["prefill_s"],
-                  speedup_vs_torch=round(tokens_per_s / ref["tokens_per_s"], 2), torch=ref)
+    refs = {d: torch_figures(cfg, b, t, n, _PREFILL.value, _REPEATS.value, _TORCH_THREADS.value, d)
+            for d in _TORCH_DTYPES.value}
+    if "float32" in refs:
+      result.update(torch_tokens_per_s=refs["float32"]["tokens_per_s"],
+                    torch_prefill_s=refs["float32"]["prefill_s"])
+    if "bfloat16" in refs:
+      result.update(torch_bf16_tokens_per_s=refs["bfloat16"]["tokens_per_s"],
+                    torch_bf16_prefill_s=refs["bfloat16"]["prefill_s"])
+    best = max(refs, key=lambda d: refs[d]["tokens_per_s"])
+    result.update(speedup_vs_torch=round(tokens_per_s / refs[best]["tokens_per_s"], 2),
+                  torch_best_dtype=best, torch=refs)
   print(json.dumps(result))
 
 

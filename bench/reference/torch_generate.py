@@ -8,7 +8,8 @@ Runs in the reference interpreter (.venv-ref: torch 2.13.0 CPU, transformers 5.2
       "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 16, "rms_norm_eps": 1e-6,
       "rope_theta": 500000.0, "tie_word_embeddings": false}' --batch_size=16
 
-Builds LlamaForCausalLM with that shape (transformers' own init, float32, default attention),
+Builds LlamaForCausalLM with that shape (transformers' own init, default attention) in --dtype
+(float32, or bfloat16: weights and activations in bfloat16, how transformers decodes in bf16),
 then times greedy `generate` with its KV cache (use_cache=True, EOS disabled so every row makes
 exactly the requested tokens) on random prompts of one length (no padding): once with 1 new
 token and once with N; decode tokens/s = batch * (N - 1) / (t_N - t_1), which removes the
@@ -37,16 +38,18 @@ def _parse_args():
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: all cores)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="the model's parameter and activation dtype")
   return p.parse_args()
 
 
-def _build_model(shape: dict, max_len: int) -> transformers.LlamaForCausalLM:
+def _build_model(shape: dict, max_len: int, dtype: str) -> transformers.LlamaForCausalLM:
   shape = dict(shape)
   theta = shape.pop("rope_theta")
   config = transformers.LlamaConfig(
       **shape, rope_parameters={"rope_type": "default", "rope_theta": theta},
       max_position_embeddings=max_len)
-  return transformers.LlamaForCausalLM(config).to(torch.float32).eval()
+  return transformers.LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
 
 
 def _median_s(fn, repeats: int) -> float:
@@ -66,7 +69,7 @@ def main():
   torch.manual_seed(args.seed)
   shape = json.loads(args.shape)
   max_len = max(args.prompt_len + args.new_tokens, args.prefill_len)
-  model = _build_model(shape, max_len)
+  model = _build_model(shape, max_len, args.dtype)
   prompts = torch.randint(0, shape["vocab_size"], (args.batch_size, args.prompt_len))
   long_prompt = torch.randint(0, shape["vocab_size"], (1, args.prefill_len))
 
@@ -89,7 +92,7 @@ def main():
       "prefill_s": round(_median_s(prefill, args.repeats), 4),
       "batch_size": args.batch_size, "prompt_len": args.prompt_len,
       "new_tokens": args.new_tokens, "prefill_len": args.prefill_len,
-      "attn_implementation": model.config._attn_implementation,
+      "dtype": args.dtype, "attn_implementation": model.config._attn_implementation,
       "num_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
       "processor": platform.machine(), "torch": torch.__version__,
       "transformers": transformers.__version__,

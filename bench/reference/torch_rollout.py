@@ -8,7 +8,9 @@ float32 weights our engine ran) and REQUEST.json:
   .venv-ref/bin/python bench/reference/torch_rollout.py MODEL_DIR REQUEST.json
 
 REQUEST.json: {"prompts": [[ids]], "group_size": G, "max_new_tokens": N, "temperature": T,
-"eos_token_id": int, "repeats": r, "threads": n, "seed": s}. The prompts are left-padded into one
+"eos_token_id": int, "repeats": r, "threads": n, "seed": s, "dtype": "float32" | "bfloat16"}
+(bfloat16: the model's weights and activations in bfloat16, how transformers decodes in bf16;
+default float32). The prompts are left-padded into one
 batch (attention mask), sampled with plain temperature sampling (top_k=0, top_p=1.0: the same
 distribution as the engine), stopping rows at EOS; generate runs all B*G rows until the last one
 ends. A completion counts its tokens up to and including its first EOS. tokens/s = completion
@@ -32,7 +34,9 @@ def main(model_dir: str, request_path: str) -> None:
   req = json.loads(pathlib.Path(request_path).read_text())
   torch.set_num_threads(req.get("threads") or os.cpu_count())
   torch.set_flush_denormal(True)  # as XLA on CPU does
-  model = transformers.LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+  dtype = req.get("dtype", "float32")
+  model = transformers.LlamaForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+  model = model.eval()
   eos = req["eos_token_id"]
   prompts = req["prompts"]
   t = max(len(p) for p in prompts)
@@ -66,7 +70,7 @@ def main(model_dir: str, request_path: str) -> None:
   print(json.dumps({
       "tokens_per_s": round(rate, 1), "wall_s": round(wall, 2), "tokens": sum(lengths),
       "rows": len(lengths), "mean_completion": round(sum(lengths) / len(lengths), 1),
-      "max_completion": max(lengths),
+      "max_completion": max(lengths), "dtype": dtype,
       "attn_implementation": model.config._attn_implementation,
       "num_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
       "processor": platform.machine(), "torch": torch.__version__,
