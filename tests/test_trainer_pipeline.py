@@ -46,7 +46,9 @@ def real_data(tmp_path_factory):
           "data.score_drop_fraction": 0.0, "data.eval_fraction": 0.0,
           "data.batch_size": B, "data.seq_len": T,
           "eval.every_steps": 0, "eval.at_end": False, "log.every_steps": 1,
-          "opt.warmup_steps": 3}
+          "opt.warmup_steps": 3,
+          # float32 on every CPU: the cross-mesh comparisons below bound float32 reassociation
+          "model.compute_dtype": "float32"}
 
 
 def _flags(over: dict) -> list[str]:
