@@ -18,8 +18,9 @@ transformers' `generate(num_return_sequences=G, do_sample=True, top_k=0, top_p=1
 prompts in each of --torch_dtypes in the .venv-ref interpreter (bench/reference/torch_rollout.py,
 after our run so the two never share the cores), adding torch_tokens_per_s (float32),
 torch_bf16_tokens_per_s, speedup_vs_torch (ours over torch's fastest dtype measured) and the torch
-runs under "torch". --compute_dtype=auto picks ours per machine (perf.py). Both sample the same distribution with different random streams, so their completion
-lengths differ by chance: each side's token count is its own.
+runs under "torch" (perf.versus_torch). --compute_dtype=auto picks ours per machine (perf.py).
+Both sample the same distribution with different random streams, so their completion lengths
+differ by chance: each side's token count is its own.
 """
 
 import json
@@ -116,9 +117,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   xla_cpu.set_scheduler(_XLA_CPU_SCHEDULER.value)
-  bad = sorted(set(_TORCH_DTYPES.value) - {"float32", "bfloat16"})
-  if bad or not _TORCH_DTYPES.value:
-    raise app.UsageError(f"--torch_dtypes: got {_TORCH_DTYPES.value}; choose from float32, bfloat16")
+  try:
+    perf.check_torch_dtypes(_TORCH_DTYPES.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if _COMPARE_TORCH.value and not REF_PYTHON.exists():
     raise app.UsageError(f"--compare_torch needs the reference environment {REF_PYTHON} "
                          "(`make install-ref`, or set SEEDCODER_REF_PYTHON)")
@@ -156,14 +158,8 @@ def main(argv):
       "machine": perf.machine(), "xla_cpu_scheduler": xla_cpu.current(),
   }
   if _COMPARE_TORCH.value:
-    refs = {d: torch_figures(cfg, params, prompts, eos, d) for d in _TORCH_DTYPES.value}
-    if "float32" in refs:
-      result["torch_tokens_per_s"] = refs["float32"]["tokens_per_s"]
-    if "bfloat16" in refs:
-      result["torch_bf16_tokens_per_s"] = refs["bfloat16"]["tokens_per_s"]
-    best = max(refs, key=lambda d: refs[d]["tokens_per_s"])
-    result.update(speedup_vs_torch=round(rate / refs[best]["tokens_per_s"], 2),
-                  torch_best_dtype=best, torch=refs)
+    runs = {d: torch_figures(cfg, params, prompts, eos, d) for d in _TORCH_DTYPES.value}
+    result.update(perf.versus_torch(rate, runs))
   print(json.dumps(result))
 
 

@@ -91,9 +91,10 @@ def main(argv):
   if _COMPARE_TORCH.value and not REF_PYTHON.exists():
     raise app.UsageError(f"--compare_torch needs the reference environment {REF_PYTHON} "
                          "(`make install-ref`, or set SEEDCODER_REF_PYTHON)")
-  bad = sorted(set(_TORCH_DTYPES.value) - {"float32", "bfloat16"})
-  if bad or not _TORCH_DTYPES.value:
-    raise app.UsageError(f"--torch_dtypes: got {_TORCH_DTYPES.value}; choose from float32, bfloat16")
+  try:
+    perf.check_torch_dtypes(_TORCH_DTYPES.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if _NEW.value < 2:
     raise app.UsageError(f"--new_tokens={_NEW.value} must be at least 2")
   cfg = model_lib.preset(_PRESET.value, compute_dtype=perf.resolve_compute_dtype(_DTYPE.value))
@@ -120,17 +121,9 @@ def main(argv):
       "xla_cpu_scheduler": xla_cpu.current(),
   }
   if _COMPARE_TORCH.value:
-    refs = {d: torch_figures(cfg, b, t, n, _PREFILL.value, _REPEATS.value, _TORCH_THREADS.value, d)
+    runs = {d: torch_figures(cfg, b, t, n, _PREFILL.value, _REPEATS.value, _TORCH_THREADS.value, d)
             for d in _TORCH_DTYPES.value}
-    if "float32" in refs:
-      result.update(torch_tokens_per_s=refs["float32"]["tokens_per_s"],
-                    torch_prefill_s=refs["float32"]["prefill_s"])
-    if "bfloat16" in refs:
-      result.update(torch_bf16_tokens_per_s=refs["bfloat16"]["tokens_per_s"],
-                    torch_bf16_prefill_s=refs["bfloat16"]["prefill_s"])
-    best = max(refs, key=lambda d: refs[d]["tokens_per_s"])
-    result.update(speedup_vs_torch=round(tokens_per_s / refs[best]["tokens_per_s"], 2),
-                  torch_best_dtype=best, torch=refs)
+    result.update(perf.versus_torch(tokens_per_s, runs, keys=("tokens_per_s", "prefill_s")))
   print(json.dumps(result))
 
 

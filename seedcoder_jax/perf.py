@@ -122,3 +122,25 @@ def machine() -> dict:
   if dev.platform == "cpu":
     out["native_bf16"] = cpu_has_native_bf16()
   return out
+
+
+TORCH_DTYPES = ("float32", "bfloat16")  # the dtypes the benches' transformers peers run in
+
+
+def check_torch_dtypes(dtypes) -> None:
+  """Refuses a --torch_dtypes list that is empty or names a dtype the peers do not run."""
+  if not dtypes or set(dtypes) - set(TORCH_DTYPES):
+    raise ValueError(f"--torch_dtypes: got {list(dtypes)}; choose from {', '.join(TORCH_DTYPES)}")
+
+
+def versus_torch(tokens_per_s: float, runs: dict, keys=("tokens_per_s",)) -> dict:
+  """A bench line's same-run comparison with transformers, from the torch runs by dtype: each of
+  `keys` as torch_KEY (float32) and torch_bf16_KEY, speedup_vs_torch over torch's faster dtype
+  (the issue's "torch at its best setting"), torch_best_dtype, and the runs under "torch"."""
+  out = {}
+  for dtype, prefix in (("float32", "torch_"), ("bfloat16", "torch_bf16_")):
+    if dtype in runs:
+      out.update({prefix + key: runs[dtype][key] for key in keys})
+  best = max(runs, key=lambda d: runs[d]["tokens_per_s"])
+  return {**out, "speedup_vs_torch": round(tokens_per_s / runs[best]["tokens_per_s"], 2),
+          "torch_best_dtype": best, "torch": runs}

@@ -1,4 +1,5 @@
-"""perf.peak_flops: the published peak of every chip of every host, by the runtime's device kind."""
+"""perf: the published peak of every chip of every host (peak_flops), and the benches' same-run
+comparison with transformers (versus_torch)."""
 
 import dataclasses
 
@@ -56,3 +57,17 @@ def test_the_measured_peak_takes_the_fastest_call_not_the_median(monkeypatch):
   assert perf.time_fn(fn, iters=3, best=True) == pytest.approx(0.001)
   durations = iter([0.0, 0.0, 0.2, 0.001, 0.2])
   assert perf.time_fn(fn, iters=3) == pytest.approx(0.2)
+
+
+def test_versus_torch_is_over_torchs_faster_dtype():
+  runs = {"float32": {"tokens_per_s": 100.0, "prefill_s": 2.0},
+          "bfloat16": {"tokens_per_s": 160.0, "prefill_s": 1.0}}
+  line = perf.versus_torch(240.0, runs, keys=("tokens_per_s", "prefill_s"))
+  assert line == {"torch_tokens_per_s": 100.0, "torch_prefill_s": 2.0,
+                  "torch_bf16_tokens_per_s": 160.0, "torch_bf16_prefill_s": 1.0,
+                  "speedup_vs_torch": 1.5, "torch_best_dtype": "bfloat16", "torch": runs}
+  assert perf.versus_torch(240.0, {"float32": runs["float32"]})["speedup_vs_torch"] == 2.4
+  for bad in ([], ["float16"], ["float32", "int8"]):
+    with pytest.raises(ValueError, match="--torch_dtypes"):
+      perf.check_torch_dtypes(bad)
+  perf.check_torch_dtypes(["bfloat16"])

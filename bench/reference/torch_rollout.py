@@ -10,8 +10,7 @@ float32 weights our engine ran) and REQUEST.json:
 REQUEST.json: {"prompts": [[ids]], "group_size": G, "max_new_tokens": N, "temperature": T,
 "eos_token_id": int, "repeats": r, "threads": n, "seed": s, "dtype": "float32" | "bfloat16"}
 (bfloat16: the model's weights and activations in bfloat16, how transformers decodes in bf16;
-default float32). The prompts are left-padded into one
-batch (attention mask), sampled with plain temperature sampling (top_k=0, top_p=1.0: the same
+default float32). The prompts are left-padded into one batch (attention mask), sampled with plain temperature sampling (top_k=0, top_p=1.0: the same
 distribution as the engine), stopping rows at EOS; generate runs all B*G rows until the last one
 ends. A completion counts its tokens up to and including its first EOS. tokens/s = completion
 tokens / wall time of the whole generate call (prefill included), median over repeats after a
